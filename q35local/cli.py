@@ -1,0 +1,40 @@
+"""The `q35` command. Every known failure is one line on stderr and a non-zero exit."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from quantize.errors import InputError
+
+from . import __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from quantize.cli import add_make_tiny_parser, add_quantize_parser
+
+    from .inspect import add_inspect_parser
+
+    p = argparse.ArgumentParser(prog="q35", description="Run Qwen 3.5 on your own machine.")
+    p.add_argument("--version", action="version", version=f"q35 {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_quantize_parser(sub)
+    add_inspect_parser(sub)
+    add_make_tiny_parser(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except InputError as e:
+        print(f"q35: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("q35: interrupted; no output was left behind", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

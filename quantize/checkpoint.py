@@ -1,0 +1,84 @@
+"""Open a Hugging Face checkpoint folder: config, shard index, and every shard's header, validated
+before a single weight is read."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import Qwen35Config, load_config
+from .errors import InputError
+from .safetensors_io import ShardSet, TensorEntry, read_header
+
+INDEX = "model.safetensors.index.json"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    config: Qwen35Config
+    entries: dict[str, TensorEntry]  # every tensor, by HF name
+    shards: ShardSet
+
+    @property
+    def shard_paths(self) -> list[Path]:
+        return sorted({e.path for e in self.entries.values()})
+
+    def close(self) -> None:
+        self.shards.close()
+
+
+def _shard_map(ckpt: Path) -> dict[str, Path]:
+    """tensor name -> shard file, from the index if there is one, else from the single file."""
+    index = ckpt / INDEX
+    if index.exists():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            if not isinstance(weight_map, dict):
+                raise TypeError("weight_map is not an object")
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+            raise InputError(index, f"cannot parse the shard index ({e})") from None
+        out: dict[str, Path] = {}
+        for name, fname in weight_map.items():
+            p = ckpt / str(fname)
+            if Path(fname).name != fname or not fname.endswith(".safetensors"):
+                raise InputError(index, f"tensor {name!r} points at {fname!r}, not a shard in this folder")
+            out[name] = p
+        missing = sorted({p.name for p in out.values() if not p.exists()})
+        if missing:
+            raise InputError(ckpt / missing[0], f"shard listed in {INDEX} is missing "
+                             f"({len(missing)} missing in all)")
+        return out
+    single = sorted(ckpt.glob("*.safetensors"))
+    if len(single) == 1:
+        return {name: single[0] for name in read_header(single[0])}
+    if len(single) > 1:
+        raise InputError(ckpt / INDEX, f"{len(single)} safetensors shards but no index")
+    pickles = sorted(p.name for p in ckpt.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise InputError(ckpt / pickles[0], "pickle checkpoints are refused (unpickling runs arbitrary "
+                         "code); convert them to safetensors first")
+    raise InputError(ckpt, "no safetensors weights found")
+
+
+def open_checkpoint(path: str | Path) -> Checkpoint:
+    ckpt = Path(path)
+    if not ckpt.is_dir():
+        raise InputError(ckpt, "not a folder" if ckpt.exists() else "no such checkpoint folder")
+    config = load_config(ckpt)
+    names = _shard_map(ckpt)
+    headers: dict[Path, dict[str, TensorEntry]] = {}
+    entries: dict[str, TensorEntry] = {}
+    for name, shard in names.items():
+        if shard not in headers:
+            headers[shard] = read_header(shard)
+        if name not in headers[shard]:
+            raise InputError(shard, f"tensor {name!r} is listed in {INDEX} but not in this shard")
+        entries[name] = headers[shard][name]
+    for shard, h in headers.items():  # tensors a shard holds that the index forgot are an error too
+        stray = sorted(set(h) - set(names))
+        if stray:
+            raise InputError(shard, f"tensor {stray[0]!r} is in this shard but not in {INDEX}")
+    return Checkpoint(ckpt, config, entries, ShardSet(entries))

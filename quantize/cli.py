@@ -1,0 +1,133 @@
+"""`q35 quantize` and `q35 make-tiny`: argument parsing, the progress bar and the summary screen."""
+
+from __future__ import annotations
+
+import argparse
+from collections import defaultdict
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from .convert import ConvertOptions, ConvertResult, convert, parse_size
+from .plan import OutType
+
+
+def add_quantize_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("quantize", help="convert a Hugging Face Qwen 3.5 checkpoint to GGUF",
+                       description="Convert a Hugging Face Qwen 3.5 checkpoint folder (BF16, F16, F32 or "
+                       "block FP8 safetensors) to a GGUF that llama.cpp runs, plus the vision projector.")
+    p.add_argument("checkpoint", type=Path, help="checkpoint folder (config.json + *.safetensors)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output GGUF path")
+    p.add_argument("--quant", default="Q8_0", type=str.upper, choices=[t.value for t in OutType],
+                   help="output type (default Q8_0)")
+    p.add_argument("--mmproj", type=Path, help="vision projector path (default: OUT.mmproj.gguf)")
+    p.add_argument("--no-mmproj", action="store_true", help="do not write the vision projector")
+    p.add_argument("--no-mtp", action="store_true", help="drop the multi-token-prediction head")
+    p.add_argument("--split-max-size", type=str, help="write shards of at most this size, e.g. 50G")
+    p.add_argument("--name", help="general.name in the GGUF (default: the checkpoint's name)")
+    p.set_defaults(func=run_quantize)
+
+
+def add_make_tiny_parser(sub: argparse._SubParsersAction) -> None:
+    from .synth import PRESETS
+
+    p = sub.add_parser("make-tiny", help="generate a small random Qwen 3.5 checkpoint (tests, demos)")
+    p.add_argument("output", type=Path, help="folder to write (replaced if it exists)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--moe", dest="preset", action="store_const", const="tiny-moe", help="MoE (default)")
+    g.add_argument("--dense", dest="preset", action="store_const", const="tiny-dense", help="dense")
+    g.add_argument("--preset", choices=sorted(PRESETS), help="a named size")
+    p.add_argument("--dtype", default="BF16", type=str.upper, choices=["BF16", "F16", "F32", "FP8"])
+    p.add_argument("--no-vision", action="store_true", help="text only (a *ForCausalLM checkpoint)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--if-missing", action="store_true", help="do nothing if the folder already holds a checkpoint")
+    p.set_defaults(func=run_make_tiny, preset="tiny-moe")
+
+
+def run_make_tiny(args: argparse.Namespace) -> int:
+    from .synth import spec_for, write_checkpoint
+
+    if args.if_missing and (args.output / "config.json").exists():
+        print(f"{args.output}: already there")
+        return 0
+    extra: dict = {"dtype": args.dtype, "seed": args.seed}
+    if args.no_vision:
+        extra["vision"] = None
+    path = write_checkpoint(args.output, spec_for(args.preset, **extra))
+    size = sum(f.stat().st_size for f in path.iterdir())
+    print(f"wrote {args.preset} checkpoint ({args.dtype}, {size / 1e6:.1f} MB) to {path}")
+    return 0
+
+
+def run_quantize(args: argparse.Namespace) -> int:
+    console = Console(stderr=True)
+    try:
+        split = parse_size(args.split_max_size) if args.split_max_size else None
+    except ValueError as e:
+        console.print(f"error: --split-max-size: {e}", markup=False)
+        return 2
+    opts = ConvertOptions(checkpoint=args.checkpoint, output=args.output, quant=OutType(args.quant),
+                          mmproj=args.mmproj, write_mmproj=not args.no_mmproj, mtp=not args.no_mtp,
+                          split_max_size=split, name=args.name)
+    columns = [TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+               TextColumn("{task.fields[tensors]}"), TimeElapsedColumn(), TextColumn("ETA"),
+               TimeRemainingColumn()]
+    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as bar:
+        task = bar.add_task("converting", total=None, tensors="")
+        state = {"done": 0, "total": 0}
+
+        def on_plan(total_bytes: int, total_tensors: int) -> None:
+            state["total"] = total_tensors
+            bar.update(task, total=total_bytes, tensors=f"0/{total_tensors} tensors")
+
+        def progress(n: int, finished: bool, name: str) -> None:
+            if finished:
+                state["done"] += 1
+            bar.update(task, advance=n, description=name[:28].ljust(28),
+                       tensors=f"{state['done']}/{state['total']} tensors")
+
+        result = convert(opts, progress, on_plan=on_plan)
+    print_summary(Console(), result, opts)
+    return 0
+
+
+def print_summary(console: Console, r: ConvertResult, opts: ConvertOptions) -> None:
+    """One screen: per tensor class (type, count, params, bytes), files, time."""
+    rows: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0, 0])
+    for t in r.model.tensors:
+        n = 1
+        for d in t.shape:
+            n *= d
+        key = (t.cls, t.ggml_type.name)
+        rows[key][0] += 1
+        rows[key][1] += n
+        rows[key][2] += t.nbytes
+    table = Table(title=f"{opts.output.name}: {opts.quant.value}", title_justify="left")
+    for col in ("class", "type", "tensors", "params", "MiB", "bits/weight"):
+        table.add_column(col, justify="left" if col in ("class", "type") else "right")
+    for (cls, ty), (cnt, n, b) in sorted(rows.items(), key=lambda kv: -kv[1][2]):
+        table.add_row(cls, ty, str(cnt), f"{n:,}", f"{b / 2**20:,.1f}", f"{8 * b / n:.2f}")
+    params = sum(v[1] for v in rows.values())
+    nbytes = sum(v[2] for v in rows.values())
+    table.add_row("total", "", str(len(r.model.tensors)), f"{params:,}", f"{nbytes / 2**20:,.1f}",
+                  f"{8 * nbytes / params:.2f}", style="bold")
+    console.print(table)
+    for p in r.model.paths:
+        console.print(f"model   {p}  ({p.stat().st_size / 2**20:,.1f} MiB)", markup=False, highlight=False)
+    if r.mmproj:
+        for p in r.mmproj.paths:
+            console.print(f"mmproj  {p}  ({p.stat().st_size / 2**20:,.1f} MiB, {len(r.mmproj.tensors)} tensors)",
+                          markup=False, highlight=False)
+    total = r.model.nbytes + (r.mmproj.nbytes if r.mmproj else 0)
+    console.print(f"done in {r.seconds:.1f} s ({total / 2**20 / max(r.seconds, 1e-9):,.0f} MiB/s written)",
+                  markup=False, highlight=False)

@@ -1,0 +1,194 @@
+"""The conversion pass: plan → (read → transform → encode → write) per tensor → verify → rename.
+
+Nothing appears under the output's name until every shard is complete and re-read; an error or an
+interrupt at any point removes the temporary files."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gguf import GGUFReader
+
+from .checkpoint import Checkpoint, open_checkpoint
+from .errors import InputError
+from .gguf_writer import KV, Shard, ShardWriter, TensorInfo, check_writable, plan_shards, publish
+from .metadata import general_kvs, hparams, size_label, tokenizer_kvs
+from .mmproj import has_vision, mmproj_metadata, plan_mmproj
+from .plan import FILE_TYPE, OutTensor, OutType, plan_text
+from .stream import encoded_chunks
+
+# progress(bytes written since last call, tensor finished?, tensor name)
+Progress = Callable[[int, bool, str], None]
+
+
+@dataclass
+class ConvertOptions:
+    checkpoint: Path
+    output: Path
+    quant: OutType = OutType.Q8_0
+    mmproj: Path | None = None  # None: OUT with .gguf -> .mmproj.gguf
+    write_mmproj: bool = True
+    mtp: bool = True
+    split_max_size: int | None = None
+    name: str | None = None
+
+
+@dataclass
+class FileReport:
+    paths: list[Path]
+    tensors: list[OutTensor]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(p.stat().st_size for p in self.paths)
+
+
+@dataclass
+class ConvertResult:
+    model: FileReport
+    mmproj: FileReport | None
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+
+def default_mmproj_path(out: Path) -> Path:
+    stem = out.name[:-5] if out.name.endswith(".gguf") else out.name
+    return out.with_name(f"{stem}.mmproj.gguf")
+
+
+def parse_size(s: str) -> int:
+    """'50G', '500M', '1.5T', '123' (bytes) -> bytes (decimal units, as llama.cpp's gguf-split)."""
+    units = {"K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
+    t = s.strip().upper().removesuffix("B")
+    try:
+        if t and t[-1] in units:
+            return int(float(t[:-1]) * units[t[-1]])
+        return int(t)
+    except ValueError:
+        raise ValueError(f"cannot read size {s!r} (use e.g. 50G or 500M)") from None
+
+
+def _model_name(ckpt: Checkpoint, override: str | None) -> str:
+    if override:
+        return override
+    if ckpt.config.name:
+        return ckpt.config.name.rstrip("/").split("/")[-1]
+    return ckpt.path.resolve().name
+
+
+def _write_file(ckpt: Checkpoint, shards: list[Shard], plan: list[OutTensor], progress: Progress) -> None:
+    by_name = {t.name: t for t in plan}
+    # Unmap each input shard once the last tensor that reads it is written: RSS stays near one chunk.
+    last_use: dict[Path, int] = {}
+    order = [t for s in shards for t in (by_name[i.name] for i in s.tensors)]
+    for k, t in enumerate(order):
+        for p in t.parts:
+            last_use[ckpt.entries[p.hf].path] = k
+            sc = ckpt.entries.get(p.hf + "_scale_inv")
+            if sc is not None:
+                last_use[sc.path] = k
+    writers: list[ShardWriter] = []
+    k = 0
+    try:
+        for s in shards:
+            w = ShardWriter(s)
+            writers.append(w)
+            for info in s.tensors:
+                t = by_name[info.name]
+                for n in w.write_tensor(encoded_chunks(ckpt, t)):
+                    progress(n, False, t.name)
+                progress(0, True, t.name)
+                for path, last in last_use.items():
+                    if last == k:
+                        ckpt.shards.release(path)
+                k += 1
+            w.commit()
+        for s in shards:
+            verify_file(s)
+        publish(shards)
+    except BaseException:
+        for w in writers:
+            w.abort()
+        raise
+
+
+def verify_file(s: Shard) -> None:
+    """Re-read a written (temporary) shard and check every tensor's name, type, shape and offset."""
+    from .gguf_writer import encode_header, temp_path
+
+    path = temp_path(s.path)
+    try:
+        r = GGUFReader(path)
+    except Exception as e:  # noqa: BLE001 - any parse failure means a broken file
+        raise InputError(s.path, f"written file does not parse as GGUF ({e})") from None
+    _, offsets = encode_header(s.kvs, s.tensors)
+    if len(r.tensors) != len(s.tensors):
+        raise InputError(s.path, f"re-read {len(r.tensors)} tensors, wrote {len(s.tensors)}")
+    for got, want, off in zip(r.tensors, s.tensors, offsets):
+        shape = tuple(int(x) for x in got.shape)
+        if (got.name, got.tensor_type, shape) != (want.name, want.ggml_type, want.shape) or \
+                got.data_offset != r.data_offset + off:
+            raise InputError(s.path, f"tensor {want.name} reads back as {got.name} {got.tensor_type.name} "
+                             f"{list(shape)}")
+
+
+def convert(opts: ConvertOptions, progress: Progress | None = None, *,
+            on_plan: Callable[[int, int], None] | None = None) -> ConvertResult:
+    """Run the whole conversion. on_plan(total_bytes, total_tensors) is called once before writing."""
+    progress = progress or (lambda n, done, name: None)
+    t0 = time.perf_counter()
+    ckpt = open_checkpoint(opts.checkpoint)
+    try:
+        return _convert(ckpt, opts, progress, on_plan, t0)
+    finally:
+        ckpt.close()
+
+
+def _convert(ckpt: Checkpoint, opts: ConvertOptions, progress: Progress,
+             on_plan: Callable[[int, int], None] | None, t0: float) -> ConvertResult:
+    cfg = ckpt.config
+    check_writable(opts.output)
+    plan = plan_text(ckpt, opts.quant, mtp=opts.mtp)
+    vision = opts.write_mmproj and has_vision(ckpt)
+    mm_path = (opts.mmproj or default_mmproj_path(opts.output)) if vision else None
+    mm_plan = plan_mmproj(ckpt, opts.quant) if vision else []
+    if mm_path is not None:
+        if mm_path.resolve() == opts.output.resolve():
+            raise InputError(mm_path, "the mmproj path is the model's output path")
+        check_writable(mm_path)
+    name = _model_name(ckpt, opts.name)
+    params = sum(_numel(t) for t in plan)
+    expert_params = sum(_numel(t) for t in plan if t.n_experts)
+    kvs: list[KV] = [
+        *general_kvs(cfg, name, FILE_TYPE[opts.quant], size_label(cfg, params, expert_params)),
+        *hparams(cfg, opts.mtp),
+        *tokenizer_kvs(ckpt.path, cfg.vocab_size),
+    ]
+    infos = [TensorInfo(t.name, t.shape, t.ggml_type) for t in plan]
+    shards = plan_shards(opts.output, kvs, infos, opts.split_max_size)
+    mm_shards: list[Shard] = []
+    if mm_path is not None:
+        pre = ckpt.path / "preprocessor_config.json"
+        preprocessor = json.loads(pre.read_text()) if pre.exists() else {}
+        mm_kvs = mmproj_metadata(ckpt, opts.quant, name, preprocessor)
+        mm_shards = plan_shards(mm_path, mm_kvs, [TensorInfo(t.name, t.shape, t.ggml_type) for t in mm_plan],
+                                None)
+    if on_plan:
+        on_plan(sum(t.nbytes for t in plan + mm_plan), len(plan) + len(mm_plan))
+    _write_file(ckpt, shards, plan, progress)
+    mm_report = None
+    if mm_shards:
+        _write_file(ckpt, mm_shards, mm_plan, progress)
+        mm_report = FileReport([s.path for s in mm_shards], mm_plan)
+    return ConvertResult(FileReport([s.path for s in shards], plan), mm_report, time.perf_counter() - t0)
+
+
+def _numel(t: OutTensor) -> int:
+    n = 1
+    for d in t.shape:
+        n *= d
+    return n

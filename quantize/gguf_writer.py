@@ -1,0 +1,225 @@
+"""A streaming GGUF v3 writer: header first (every shape and offset is known up front), then tensor
+data chunk by chunk, into temporary files that take their final names only once verified.
+
+The format (magic, version, counts, typed KV pairs, tensor infos, aligned data) is small enough to
+own; owning it lets us bound memory by one chunk, split into shards, and never leave a partial file
+under the output's name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import struct
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from gguf import GGMLQuantizationType, GGUFValueType
+
+from .errors import InputError
+from .ggml import tensor_bytes
+
+GGUF_MAGIC = b"GGUF"
+GGUF_VERSION = 3
+ALIGNMENT = 32
+
+_SCALAR = {
+    GGUFValueType.UINT8: "<B", GGUFValueType.INT8: "<b", GGUFValueType.UINT16: "<H",
+    GGUFValueType.INT16: "<h", GGUFValueType.UINT32: "<I", GGUFValueType.INT32: "<i",
+    GGUFValueType.FLOAT32: "<f", GGUFValueType.BOOL: "<?", GGUFValueType.UINT64: "<Q",
+    GGUFValueType.INT64: "<q", GGUFValueType.FLOAT64: "<d",
+}
+
+
+@dataclass(frozen=True)
+class KV:
+    """One metadata pair. For arrays, `item_type` is the element type."""
+
+    key: str
+    vtype: GGUFValueType
+    value: object
+    item_type: GGUFValueType | None = None
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: tuple[int, ...]  # GGUF order: ne0 (the row length) first
+    ggml_type: GGMLQuantizationType
+
+    @property
+    def nbytes(self) -> int:
+        return tensor_bytes(self.ggml_type, self.shape)
+
+
+def _pad(n: int) -> int:
+    return (ALIGNMENT - n % ALIGNMENT) % ALIGNMENT
+
+
+def _str(s: str) -> bytes:
+    b = s.encode("utf-8")
+    return struct.pack("<Q", len(b)) + b
+
+
+def _value(vtype: GGUFValueType, value: object, item_type: GGUFValueType | None) -> bytes:
+    if vtype == GGUFValueType.STRING:
+        return _str(str(value))
+    if vtype == GGUFValueType.ARRAY:
+        assert item_type is not None
+        items = list(value)  # type: ignore[call-overload]
+        head = struct.pack("<IQ", int(item_type), len(items))
+        if item_type == GGUFValueType.STRING:
+            return head + b"".join(_str(s) for s in items)
+        if item_type == GGUFValueType.ARRAY:
+            raise ValueError("nested arrays are not supported")
+        fmt = _SCALAR[item_type]
+        return head + np.asarray(items, dtype=np.dtype(fmt)).tobytes()
+    return struct.pack(_SCALAR[vtype], value)
+
+
+def encode_header(kvs: list[KV], tensors: list[TensorInfo]) -> tuple[bytes, list[int]]:
+    """The header (padded to the alignment) and each tensor's offset inside the data section."""
+    parts = [GGUF_MAGIC, struct.pack("<IQQ", GGUF_VERSION, len(tensors), len(kvs))]
+    for kv in kvs:
+        parts += [_str(kv.key), struct.pack("<I", int(kv.vtype)), _value(kv.vtype, kv.value, kv.item_type)]
+    offsets, off = [], 0
+    for t in tensors:
+        offsets.append(off)
+        off += t.nbytes + _pad(t.nbytes)
+        dims = struct.pack(f"<I{len(t.shape)}Q", len(t.shape), *t.shape)
+        parts += [_str(t.name), dims, struct.pack("<IQ", int(t.ggml_type), offsets[-1])]
+    head = b"".join(parts)
+    return head + b"\0" * _pad(len(head)), offsets
+
+
+@dataclass
+class Shard:
+    path: Path
+    kvs: list[KV]
+    tensors: list[TensorInfo] = field(default_factory=list)
+
+    def file_size(self) -> int:
+        head, _ = encode_header(self.kvs, self.tensors)
+        return len(head) + sum(t.nbytes + _pad(t.nbytes) for t in self.tensors)
+
+
+def split_name(out: Path, i: int, n: int) -> Path:
+    """llama.cpp's split naming: PREFIX-00001-of-00003.gguf."""
+    stem = out.name[:-5] if out.name.endswith(".gguf") else out.name
+    return out.with_name(f"{stem}-{i + 1:05d}-of-{n:05d}.gguf")
+
+
+def plan_shards(out: Path, kvs: list[KV], tensors: list[TensorInfo], max_bytes: int | None) -> list[Shard]:
+    """Cut the tensor list into shards of at most max_bytes of tensor data (one shard if None).
+
+    The first shard carries all metadata; every shard carries split.no/count/tensors.count, which is
+    what llama.cpp's loader uses to find and check the others."""
+    groups: list[list[TensorInfo]] = [[]]
+    size = 0
+    for t in tensors:
+        if max_bytes is not None and groups[-1] and size + t.nbytes > max_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append(t)
+        size += t.nbytes
+    if len(groups) == 1:
+        return [Shard(out, list(kvs), groups[0])]
+    n = len(groups)
+    shards = []
+    for i, g in enumerate(groups):
+        split = [
+            KV("split.no", GGUFValueType.UINT16, i),
+            KV("split.count", GGUFValueType.UINT16, n),
+            KV("split.tensors.count", GGUFValueType.INT32, len(tensors)),
+        ]
+        base = kvs if i == 0 else [kv for kv in kvs if kv.key == "general.architecture"]
+        shards.append(Shard(split_name(out, i, n), [*base, *split], g))
+    return shards
+
+
+def temp_path(final: Path) -> Path:
+    return final.with_name(f".{final.name}.partial")
+
+
+def check_writable(path: Path) -> None:
+    """Fail before any work if the output cannot be created."""
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(path, f"output folder {parent} does not exist")
+    if path.is_dir():
+        raise InputError(path, "output path is a folder")
+    probe = temp_path(path)
+    try:
+        with open(probe, "wb"):
+            pass
+    except OSError as e:
+        raise InputError(path, f"cannot write here: {e.strerror or e}") from None
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+
+
+class ShardWriter:
+    """Writes one shard to its temporary name; `commit()` verifies and renames it."""
+
+    def __init__(self, shard: Shard) -> None:
+        self.shard = shard
+        self.tmp = temp_path(shard.path)
+        head, self.offsets = encode_header(shard.kvs, shard.tensors)
+        self.data_start = len(head)
+        self._f = open(self.tmp, "wb")  # noqa: SIM115 - closed in commit/abort
+        self._write(head)
+        self._index = 0
+        self._written = 0  # bytes of the current tensor
+
+    def _write(self, b: bytes | memoryview | np.ndarray) -> None:
+        try:
+            self._f.write(b)
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+                raise InputError(self.shard.path, f"disk full while writing ({e.strerror})") from None
+            raise InputError(self.shard.path, f"write failed: {e.strerror or e}") from None
+
+    def write_tensor(self, chunks: Iterable[np.ndarray]) -> Iterator[int]:
+        """Write the next tensor from encoded byte chunks; yields bytes written per chunk."""
+        t = self.shard.tensors[self._index]
+        n = 0
+        for c in chunks:
+            buf = memoryview(np.ascontiguousarray(c).view(np.uint8).reshape(-1))
+            n += len(buf)
+            if n > t.nbytes:
+                raise RuntimeError(f"{t.name}: producer gave more than {t.nbytes} bytes")
+            self._write(buf)
+            yield len(buf)
+        if n != t.nbytes:
+            raise RuntimeError(f"{t.name}: producer gave {n} bytes, expected {t.nbytes}")
+        self._write(b"\0" * _pad(n))
+        self._index += 1
+
+    def commit(self) -> None:
+        if self._index != len(self.shard.tensors):
+            raise RuntimeError("commit before all tensors were written")
+        try:
+            self._f.flush()
+            os.fsync(self._f.fileno())
+        except OSError as e:
+            raise InputError(self.shard.path, f"write failed: {e.strerror or e}") from None
+        self._f.close()
+        expected = self.shard.file_size()
+        if self.tmp.stat().st_size != expected:
+            raise InputError(self.shard.path, f"wrote {self.tmp.stat().st_size} bytes, expected {expected}")
+
+    def abort(self) -> None:
+        with contextlib.suppress(OSError):
+            self._f.close()
+        with contextlib.suppress(OSError):
+            self.tmp.unlink()
+
+
+def publish(shards: list[Shard]) -> None:
+    """Rename verified temporaries to their final names (last step, after every shard is complete)."""
+    for s in shards:
+        os.replace(temp_path(s.path), s.path)

@@ -1,0 +1,165 @@
+"""GGUF metadata for qwen35 / qwen35moe: hyperparameters llama.cpp reads, the tokenizer, general.*.
+
+Pure functions of the config and the tokenizer files; nothing here reads weights."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from gguf import GGUFValueType as V
+
+from .config import Qwen35Config
+from .errors import InputError
+from .gguf_writer import KV
+
+# llama.cpp token types
+NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
+
+
+def hparams(cfg: Qwen35Config, mtp: bool) -> list[KV]:
+    a = cfg.arch
+    n_mtp = cfg.mtp_num_hidden_layers if mtp else 0
+    n_blocks = cfg.num_hidden_layers + n_mtp
+    kv = [
+        KV(f"{a}.block_count", V.UINT32, n_blocks),
+        KV(f"{a}.context_length", V.UINT32, cfg.max_position_embeddings),
+        KV(f"{a}.embedding_length", V.UINT32, cfg.hidden_size),
+    ]
+    if not cfg.moe:
+        kv.append(KV(f"{a}.feed_forward_length", V.UINT32, cfg.intermediate_size))
+    kv += [
+        KV(f"{a}.attention.head_count", V.UINT32, cfg.num_attention_heads),
+        KV(f"{a}.attention.head_count_kv", V.UINT32, cfg.num_key_value_heads),
+        KV(f"{a}.rope.dimension_sections", V.ARRAY, [*cfg.mrope_section, 0], V.INT32),
+        KV(f"{a}.rope.freq_base", V.FLOAT32, cfg.rope_theta),
+        KV(f"{a}.attention.layer_norm_rms_epsilon", V.FLOAT32, cfg.rms_norm_eps),
+        KV(f"{a}.attention.key_length", V.UINT32, cfg.head_dim),
+        KV(f"{a}.attention.value_length", V.UINT32, cfg.head_dim),
+    ]
+    if cfg.moe:
+        kv += [
+            KV(f"{a}.expert_count", V.UINT32, cfg.num_experts),
+            KV(f"{a}.expert_used_count", V.UINT32, cfg.num_experts_per_tok),
+            KV(f"{a}.expert_feed_forward_length", V.UINT32, cfg.moe_intermediate_size),
+            KV(f"{a}.expert_shared_feed_forward_length", V.UINT32, cfg.shared_expert_intermediate_size),
+        ]
+    if n_mtp:
+        kv.append(KV(f"{a}.nextn_predict_layers", V.UINT32, n_mtp))
+    recurrent = [t == "linear_attention" for t in cfg.layer_types] + [False] * n_mtp
+    kv += [
+        KV(f"{a}.ssm.conv_kernel", V.UINT32, cfg.linear_conv_kernel_dim),
+        KV(f"{a}.ssm.state_size", V.UINT32, cfg.linear_key_head_dim),
+        KV(f"{a}.ssm.group_count", V.UINT32, cfg.linear_num_key_heads),
+        KV(f"{a}.ssm.time_step_rank", V.UINT32, cfg.linear_num_value_heads),
+        KV(f"{a}.ssm.inner_size", V.UINT32, cfg.lin_v_dim),
+        KV(f"{a}.attention.recurrent_layers", V.ARRAY, recurrent, V.BOOL),
+        KV(f"{a}.full_attention_interval", V.UINT32, cfg.full_attention_interval),
+        KV(f"{a}.rope.dimension_count", V.UINT32, cfg.rope_dim),
+    ]
+    return kv
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(path, "missing (the tokenizer is needed to write a runnable GGUF)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(path, f"cannot parse ({e})") from None
+    if not isinstance(data, dict):
+        raise InputError(path, "not a JSON object")
+    return data
+
+
+def _looks_special(s: str) -> bool:
+    return bool(re.fullmatch(r"<\|.*\|>", s))
+
+
+def tokenizer_kvs(ckpt: Path, vocab_size: int) -> list[KV]:
+    """tokenizer.* keys from tokenizer.json / tokenizer_config.json (the layout llama.cpp's gpt2 BPE reads)."""
+    tj_path = ckpt / "tokenizer.json"
+    tj = _read_json(tj_path)
+    tc = _read_json(ckpt / "tokenizer_config.json") if (ckpt / "tokenizer_config.json").exists() else {}
+    try:
+        model = tj["model"]
+        vocab: dict[str, int] = model["vocab"]
+        raw_merges = model.get("merges", [])
+        added = {int(t["id"]): t for t in tj.get("added_tokens", [])}
+    except (KeyError, TypeError, ValueError) as e:
+        raise InputError(tj_path, f"not a BPE tokenizer.json ({e})") from None
+    if model.get("type") != "BPE":
+        raise InputError(tj_path, f"tokenizer model {model.get('type')!r} is not BPE")
+    by_id: dict[int, str] = {i: s for s, i in vocab.items()}
+    for i, t in added.items():
+        by_id[i] = t["content"]
+    if by_id and max(by_id) >= vocab_size:
+        raise InputError(tj_path, f"token id {max(by_id)} does not fit vocab_size {vocab_size} of config.json")
+    tokens, types = [], []
+    for i in range(vocab_size):
+        s = by_id.get(i)
+        if s is None:
+            tokens.append(f"[PAD{i}]")
+            types.append(UNUSED)
+        elif i in added:
+            tokens.append(s)
+            types.append(CONTROL if added[i].get("special") or _looks_special(s) else USER_DEFINED)
+        else:
+            tokens.append(s)
+            types.append(NORMAL)
+    merges = [m if isinstance(m, str) else f"{m[0]} {m[1]}" for m in raw_merges]
+    ids = {s: i for i, s in by_id.items()}
+    kv = [
+        KV("tokenizer.ggml.model", V.STRING, "gpt2"),
+        KV("tokenizer.ggml.pre", V.STRING, "qwen35"),
+        KV("tokenizer.ggml.tokens", V.ARRAY, tokens, V.STRING),
+        KV("tokenizer.ggml.token_type", V.ARRAY, types, V.INT32),
+        KV("tokenizer.ggml.merges", V.ARRAY, merges, V.STRING),
+    ]
+
+    def special_id(key: str) -> int | None:
+        tok = tc.get(key)
+        if isinstance(tok, dict):
+            tok = tok.get("content")
+        return ids.get(tok) if isinstance(tok, str) else None
+
+    for key, gguf_key in (("eos_token", "eos_token_id"), ("pad_token", "padding_token_id"),
+                          ("bos_token", "bos_token_id")):
+        i = special_id(key)
+        if i is not None:
+            kv.append(KV(f"tokenizer.ggml.{gguf_key}", V.UINT32, i))
+    kv.append(KV("tokenizer.ggml.add_bos_token", V.BOOL, bool(tc.get("add_bos_token", False))))
+    template = tc.get("chat_template")
+    jinja = ckpt / "chat_template.jinja"
+    if jinja.exists():
+        template = jinja.read_text(encoding="utf-8")
+    if isinstance(template, str) and template:
+        kv.append(KV("tokenizer.chat_template", V.STRING, template))
+    return kv
+
+
+def general_kvs(cfg: Qwen35Config, name: str, file_type: int, size_label: str) -> list[KV]:
+    return [
+        KV("general.architecture", V.STRING, cfg.arch),
+        KV("general.type", V.STRING, "model"),
+        KV("general.name", V.STRING, name),
+        KV("general.size_label", V.STRING, size_label),
+        KV("general.file_type", V.UINT32, file_type),
+        KV("general.quantization_version", V.UINT32, 2),
+    ]
+
+
+def size_label(cfg: Qwen35Config, total_params: int, expert_params: int) -> str:
+    """'8x1.2M'-style for MoE (experts x params per expert), '4.1B' otherwise, like llama.cpp's naming."""
+    def short(n: float) -> str:
+        for unit, div in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+            if n >= div:
+                v = n / div
+                return f"{v:.0f}{unit}" if v >= 10 else f"{v:.1f}{unit}"
+        return str(int(n))
+
+    if cfg.moe and cfg.num_experts:
+        shared = total_params - expert_params
+        return f"{cfg.num_experts}x{short(shared + expert_params / cfg.num_experts)}"
+    return short(total_params)

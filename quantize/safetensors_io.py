@@ -1,0 +1,157 @@
+"""A strict, memory-mapped safetensors reader.
+
+We parse the format ourselves (8-byte header length, JSON header, raw data) instead of using the
+`safetensors` package because we need three things it does not give: FP8 read as raw bytes without
+torch, validation that names the file and the problem (truncation, lying offsets), and zero-copy
+memmaps that let us read one row range of one tensor at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+
+# safetensors dtype -> (numpy storage dtype, bytes per element). BF16 and F8 are read as raw integers
+# and decoded by quantize.dtypes.
+DTYPES: dict[str, tuple[np.dtype, int]] = {
+    "F32": (np.dtype("<f4"), 4),
+    "F16": (np.dtype("<f2"), 2),
+    "BF16": (np.dtype("<u2"), 2),
+    "F8_E4M3": (np.dtype("u1"), 1),
+    "F64": (np.dtype("<f8"), 8),
+    "I64": (np.dtype("<i8"), 8),
+    "I32": (np.dtype("<i4"), 4),
+    "I16": (np.dtype("<i2"), 2),
+    "I8": (np.dtype("i1"), 1),
+    "U8": (np.dtype("u1"), 1),
+    "BOOL": (np.dtype("u1"), 1),
+}
+
+MAX_HEADER = 100 * 1024 * 1024  # the format's own limit
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """Where one tensor lies in a shard, as the header declares it (already validated)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int  # absolute file offset
+    end: int
+    path: Path
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.begin
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+def read_header(path: Path) -> dict[str, TensorEntry]:
+    """Read and validate one shard's header without touching tensor data."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise InputError(path, "truncated safetensors file (no header length)")
+            (n,) = struct.unpack("<Q", head)
+            if n > MAX_HEADER or 8 + n > size:
+                raise InputError(path, f"safetensors header length {n} exceeds the file size {size}")
+            raw = f.read(n)
+    except OSError as e:
+        raise InputError(path, f"cannot read: {e.strerror or e}") from None
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(path, f"safetensors header is not valid JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise InputError(path, "safetensors header is not a JSON object")
+    data_start = 8 + n
+    data_len = size - data_start
+    entries: dict[str, TensorEntry] = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype = info["dtype"]
+            shape = tuple(int(d) for d in info["shape"])
+            b, e = (int(x) for x in info["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise InputError(path, f"tensor {name!r} has a malformed header entry") from None
+        if dtype not in DTYPES:
+            raise InputError(path, f"tensor {name!r} has unsupported dtype {dtype}")
+        if any(d < 0 for d in shape):
+            raise InputError(path, f"tensor {name!r} has a negative dimension {shape}")
+        numel = 1
+        for d in shape:
+            numel *= d
+        if not 0 <= b <= e:
+            raise InputError(path, f"tensor {name!r} has offsets [{b}, {e}] that run backwards")
+        if e - b != numel * DTYPES[dtype][1]:
+            raise InputError(
+                path, f"tensor {name!r} header says {e - b} bytes but {dtype}{list(shape)} needs "
+                f"{numel * DTYPES[dtype][1]}")
+        if e > data_len:
+            raise InputError(
+                path, f"truncated: tensor {name!r} ends at byte {data_start + e} but the file has {size}")
+        entries[name] = TensorEntry(name, dtype, shape, data_start + b, data_start + e, path)
+    # Offsets must not overlap: a header that lies about placement would otherwise alias two tensors.
+    spans = sorted((t.begin, t.end, t.name) for t in entries.values() if t.end > t.begin)
+    for (b0, e0, n0), (b1, _e1, n1) in zip(spans, spans[1:]):
+        if b1 < e0:
+            raise InputError(path, f"tensors {n0!r} and {n1!r} overlap in the data section")
+    return entries
+
+
+class ShardSet:
+    """All shards of a checkpoint, memory-mapped lazily; read-only."""
+
+    def __init__(self, entries: dict[str, TensorEntry]) -> None:
+        self.entries = entries
+        self._maps: dict[Path, mmap.mmap] = {}
+        self._files: dict[Path, object] = {}
+
+    def _map(self, path: Path) -> mmap.mmap:
+        m = self._maps.get(path)
+        if m is None:
+            f = open(path, "rb")  # noqa: SIM115 - kept open for the map's lifetime
+            m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            self._files[path] = f
+            self._maps[path] = m
+        return m
+
+    def raw(self, name: str) -> np.ndarray:
+        """The tensor as a zero-copy array of its storage dtype, in its stored shape."""
+        t = self.entries[name]
+        np_dtype, _ = DTYPES[t.dtype]
+        arr = np.frombuffer(self._map(t.path), dtype=np_dtype, count=t.numel, offset=t.begin)
+        return arr.reshape(t.shape)
+
+    def release(self, path: Path) -> None:
+        """Unmap one shard (its pages leave our RSS)."""
+        m = self._maps.pop(path, None)
+        if m is not None:
+            try:
+                m.close()
+            except BufferError:  # a live numpy view still points into it; the GC will close it
+                self._maps[path] = m
+                return
+            self._files.pop(path).close()  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        for p in list(self._maps):
+            self.release(p)

@@ -1,0 +1,63 @@
+"""Read → transform → encode, one chunk of rows at a time.
+
+Memory stays bounded by one chunk (at most CHUNK_ELEMS float32 values, or one expert slab when
+experts are quantized with their own importance), never by the tensor or the model: the shards are
+memory-mapped and only the rows being converted are decoded."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from .checkpoint import Checkpoint
+from .dtypes import fp8_block_dequant, to_f32
+from .ggml import encode
+from .plan import OutTensor
+from .tensor_map import apply_elementwise
+
+CHUNK_ELEMS = 1 << 22  # 16 MiB of float32 per chunk
+
+
+def _rows_f32(ckpt: Checkpoint, hf: str, rows: np.ndarray | slice) -> np.ndarray:
+    """Selected rows of a stored tensor (viewed as [rows, last dim]) as float32."""
+    e = ckpt.entries[hf]
+    raw = ckpt.shards.raw(hf)
+    raw = raw.reshape(-1, e.shape[-1]) if e.shape else raw.reshape(1, 1)
+    if e.dtype == "F8_E4M3":
+        scale = to_f32(ckpt.shards.raw(hf + "_scale_inv"), ckpt.entries[hf + "_scale_inv"].dtype)
+        assert ckpt.config.fp8_block is not None
+        return fp8_block_dequant(raw, scale.reshape(scale.shape[0], -1), rows, ckpt.config.fp8_block)
+    return to_f32(raw[rows], e.dtype)
+
+
+def tensor_rows(ckpt: Checkpoint, t: OutTensor, chunk_elems: int = CHUNK_ELEMS) -> Iterator[tuple[int, np.ndarray]]:
+    """(part index, float32 rows [k, n_per_row]) in output order, transformed."""
+    tf = t.transform
+    for pi, part in enumerate(t.parts):
+        e = ckpt.entries[part.hf]
+        cols = e.shape[-1] if e.shape else 1
+        n_rows = len(part.rows) if part.rows is not None else e.numel // max(cols, 1)
+        if len(e.shape) == 1:  # a vector is one row
+            n_rows, cols = 1, e.shape[0]
+        step = max(1, chunk_elems // max(cols, 1))
+        for r0 in range(0, n_rows, step):
+            r1 = min(n_rows, r0 + step)
+            if len(e.shape) == 1:
+                x = to_f32(ckpt.shards.raw(part.hf), e.dtype).reshape(1, -1)
+            else:
+                idx = part.rows[r0:r1] if part.rows is not None else slice(r0, r1)
+                x = _rows_f32(ckpt, part.hf, idx)
+            if tf.col_perm is not None:
+                x = x[:, tf.col_perm]
+            x = apply_elementwise(x, tf.elementwise)
+            yield pi, np.ascontiguousarray(x, dtype=np.float32)
+
+
+def encoded_chunks(ckpt: Checkpoint, t: OutTensor, imatrix: np.ndarray | None = None) -> Iterator[np.ndarray]:
+    """The tensor's bytes in its GGML type, chunk by chunk. `imatrix` is [n_parts or 1, n_per_row]."""
+    for pi, rows in tensor_rows(ckpt, t):
+        im = None
+        if imatrix is not None:
+            im = imatrix[pi if imatrix.shape[0] > 1 else 0]
+        yield encode(rows, t.ggml_type, im)
