@@ -11,11 +11,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gguf import GGUFReader
+import struct
 
 from .checkpoint import Checkpoint, open_checkpoint
 from .errors import InputError
-from .gguf_writer import KV, Shard, ShardWriter, TensorInfo, check_writable, plan_shards, publish
+from .gguf_writer import (
+    KV,
+    Shard,
+    ShardWriter,
+    TensorInfo,
+    check_writable,
+    plan_shards,
+    publish,
+    read_layout,
+    temp_path,
+)
 from .metadata import general_kvs, hparams, size_label, tokenizer_kvs
 from .mmproj import has_vision, mmproj_metadata, plan_mmproj
 from .plan import FILE_TYPE, OutTensor, OutType, plan_text
@@ -117,23 +127,21 @@ def _write_file(ckpt: Checkpoint, shards: list[Shard], plan: list[OutTensor], pr
 
 
 def verify_file(s: Shard) -> None:
-    """Re-read a written (temporary) shard and check every tensor's name, type, shape and offset."""
-    from .gguf_writer import encode_header, temp_path
-
+    """Re-read a written (temporary) shard: the header must parse back to every tensor's planned name,
+    type, shape and offset, and the file must be exactly as long as the layout says."""
     path = temp_path(s.path)
+    head, offsets = s.header()
     try:
-        r = GGUFReader(path)
-    except Exception as e:  # noqa: BLE001 - any parse failure means a broken file
+        start, tensors = read_layout(path)
+    except (ValueError, struct.error, OSError) as e:
         raise InputError(s.path, f"written file does not parse as GGUF ({e})") from None
-    _, offsets = encode_header(s.kvs, s.tensors)
-    if len(r.tensors) != len(s.tensors):
-        raise InputError(s.path, f"re-read {len(r.tensors)} tensors, wrote {len(s.tensors)}")
-    for got, want, off in zip(r.tensors, s.tensors, offsets):
-        shape = tuple(int(x) for x in got.shape)
-        if (got.name, got.tensor_type, shape) != (want.name, want.ggml_type, want.shape) or \
-                got.data_offset != r.data_offset + off:
-            raise InputError(s.path, f"tensor {want.name} reads back as {got.name} {got.tensor_type.name} "
-                             f"{list(shape)}")
+    if start != len(head) or len(tensors) != len(s.tensors):
+        raise InputError(s.path, f"re-read {len(tensors)} tensors, wrote {len(s.tensors)}")
+    for (name, shape, ty, off), want, want_off in zip(tensors, s.tensors, offsets):
+        if (name, shape, ty, off) != (want.name, want.shape, int(want.ggml_type), want_off):
+            raise InputError(s.path, f"tensor {want.name} reads back as {name} type {ty} {list(shape)} @ {off}")
+    if path.stat().st_size != s.file_size():
+        raise InputError(s.path, f"file is {path.stat().st_size} bytes, expected {s.file_size()}")
 
 
 def convert(opts: ConvertOptions, progress: Progress | None = None, *,

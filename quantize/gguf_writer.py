@@ -100,10 +100,16 @@ class Shard:
     path: Path
     kvs: list[KV]
     tensors: list[TensorInfo] = field(default_factory=list)
+    _header: tuple[bytes, list[int]] | None = field(default=None, repr=False)
+
+    def header(self) -> tuple[bytes, list[int]]:
+        """Encoded header and tensor data offsets (computed once: 250K-token vocabularies are big)."""
+        if self._header is None:
+            self._header = encode_header(self.kvs, self.tensors)
+        return self._header
 
     def file_size(self) -> int:
-        head, _ = encode_header(self.kvs, self.tensors)
-        return len(head) + sum(t.nbytes + _pad(t.nbytes) for t in self.tensors)
+        return len(self.header()[0]) + sum(t.nbytes + _pad(t.nbytes) for t in self.tensors)
 
 
 def split_name(out: Path, i: int, n: int) -> Path:
@@ -168,7 +174,7 @@ class ShardWriter:
     def __init__(self, shard: Shard) -> None:
         self.shard = shard
         self.tmp = temp_path(shard.path)
-        head, self.offsets = encode_header(shard.kvs, shard.tensors)
+        head, self.offsets = shard.header()
         self.data_start = len(head)
         self._f = open(self.tmp, "wb")  # noqa: SIM115 - closed in commit/abort
         self._write(head)
@@ -223,3 +229,60 @@ def publish(shards: list[Shard]) -> None:
     """Rename verified temporaries to their final names (last step, after every shard is complete)."""
     for s in shards:
         os.replace(temp_path(s.path), s.path)
+
+
+def read_layout(path: Path) -> tuple[int, list[tuple[str, tuple[int, ...], int, int]]]:
+    """Parse a GGUF header: (data section start, [(name, shape, ggml type, offset)]).
+
+    Skips metadata values without decoding them, so it is fast even with a 250K-token vocabulary."""
+    with open(path, "rb") as f:
+        buf = memoryview(f.read(min(path.stat().st_size, 1 << 31)))
+
+    def u(fmt: str, pos: int) -> tuple[int, int]:
+        return struct.unpack_from(fmt, buf, pos)[0], pos + struct.calcsize(fmt)
+
+    if bytes(buf[:4]) != GGUF_MAGIC:
+        raise ValueError("bad magic")
+    version, pos = u("<I", 4)
+    if version != GGUF_VERSION:
+        raise ValueError(f"GGUF version {version}")
+    n_tensors, pos = u("<Q", pos)
+    n_kv, pos = u("<Q", pos)
+    alignment = ALIGNMENT
+
+    def skip_value(vt: int, pos: int) -> int:
+        if vt == GGUFValueType.STRING:
+            n, pos = u("<Q", pos)
+            return pos + n
+        if vt == GGUFValueType.ARRAY:
+            it, pos = u("<I", pos)
+            n, pos = u("<Q", pos)
+            if it == GGUFValueType.STRING:
+                for _ in range(n):
+                    ln, pos = u("<Q", pos)
+                    pos += ln
+                return pos
+            return pos + n * struct.calcsize(_SCALAR[GGUFValueType(it)])
+        return pos + struct.calcsize(_SCALAR[GGUFValueType(vt)])
+
+    for _ in range(n_kv):
+        kl, pos = u("<Q", pos)
+        key = bytes(buf[pos:pos + kl]).decode()
+        pos += kl
+        vt, pos = u("<I", pos)
+        if key == "general.alignment":
+            alignment, _ = u("<I", pos)
+        pos = skip_value(vt, pos)
+    tensors = []
+    for _ in range(n_tensors):
+        nl, pos = u("<Q", pos)
+        name = bytes(buf[pos:pos + nl]).decode()
+        pos += nl
+        nd, pos = u("<I", pos)
+        shape = struct.unpack_from(f"<{nd}Q", buf, pos)
+        pos += 8 * nd
+        ty, pos = u("<I", pos)
+        off, pos = u("<Q", pos)
+        tensors.append((name, tuple(int(x) for x in shape), ty, off))
+    start = pos + (alignment - pos % alignment) % alignment
+    return start, tensors

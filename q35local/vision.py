@@ -1,0 +1,80 @@
+"""Images into the model through llama.cpp's mtmd and the mmproj GGUF.
+
+The chat template renders an image as <|vision_start|><|image_pad|><|vision_end|>; mtmd writes the
+vision start/end tokens itself around the image embeddings, so that whole span becomes mtmd's media
+marker. Qwen 3.5 uses M-RoPE: after an image the position counter advances by the image's grid, not
+by its embedding count, so callers must continue from the n_past this returns.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import numpy as np
+from llama_cpp import Llama, llama_cpp, mtmd_cpp
+
+from quantize.errors import InputError
+
+IMAGE_SPAN = "<|vision_start|><|image_pad|><|vision_end|>"
+
+
+class Vision:
+    """An mtmd context bound to one loaded text model."""
+
+    def __init__(self, llm: Llama, mmproj: Path, n_threads: int | None = None) -> None:
+        if not Path(mmproj).is_file():
+            raise InputError(mmproj, "no such mmproj file")
+        params = mtmd_cpp.mtmd_context_params_default()
+        params.use_gpu = False
+        params.print_timings = False
+        params.warmup = False
+        if n_threads:
+            params.n_threads = n_threads
+        ctx = mtmd_cpp.mtmd_init_from_file(str(mmproj).encode(), llm.model, params)
+        if not ctx:
+            raise InputError(mmproj, "llama.cpp could not load this vision projector for this model "
+                             "(wrong file, or made for another model)")
+        self.ctx = ctx
+        self.marker = mtmd_cpp.mtmd_default_marker().decode()
+        if not mtmd_cpp.mtmd_support_vision(ctx):
+            self.close()
+            raise InputError(mmproj, "this projector has no vision encoder")
+
+    def close(self) -> None:
+        if self.ctx:
+            mtmd_cpp.mtmd_free(self.ctx)
+            self.ctx = None
+
+    def eval_prompt(self, llm: Llama, prompt: str, images: list[np.ndarray], n_past: int = 0) -> int:
+        """Evaluate a rendered prompt whose image spans match `images` (RGB uint8 [H, W, 3]).
+        Returns the new n_past (a position count)."""
+        text = prompt.replace(IMAGE_SPAN, self.marker)
+        if text.count(self.marker) != len(images):
+            raise ValueError(f"prompt has {text.count(self.marker)} image slots for {len(images)} images")
+        bitmaps = []
+        chunks = mtmd_cpp.mtmd_input_chunks_init()
+        try:
+            for img in images:
+                img = np.ascontiguousarray(img, dtype=np.uint8)
+                h, w, _ = img.shape
+                buf = (ctypes.c_uint8 * img.size).from_buffer_copy(img.tobytes())
+                bitmaps.append(mtmd_cpp.mtmd_bitmap_init(w, h, buf))
+            itext = mtmd_cpp.mtmd_input_text()
+            raw = text.encode()
+            itext.text, itext.text_len = raw, len(raw)
+            itext.add_special, itext.parse_special = False, True
+            arr = (mtmd_cpp.mtmd_bitmap_p_ctypes * max(1, len(bitmaps)))(*bitmaps)
+            rc = mtmd_cpp.mtmd_tokenize(self.ctx, chunks, ctypes.byref(itext), arr, len(bitmaps))
+            if rc != 0:
+                raise ValueError(f"mtmd could not tokenize the prompt (code {rc})")
+            new_past = llama_cpp.llama_pos(0)
+            rc = mtmd_cpp.mtmd_helper_eval_chunks(self.ctx, llm.ctx, chunks, n_past, 0, llm.n_batch, True,
+                                                  ctypes.byref(new_past))
+            if rc != 0:
+                raise RuntimeError(f"mtmd could not evaluate the prompt (code {rc})")
+            return int(new_past.value)
+        finally:
+            for b in bitmaps:
+                mtmd_cpp.mtmd_bitmap_free(b)
+            mtmd_cpp.mtmd_input_chunks_free(chunks)

@@ -1,0 +1,89 @@
+"""Shared fixtures: generated checkpoints and their GGUFs, built once per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from quantize.convert import ConvertOptions, convert
+from quantize.plan import OutType
+from quantize.synth import spec_for, write_checkpoint
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# A chat-formatted prompt with special tokens, multilingual text and code: 16+ tokens.
+PROMPT = (
+    "<|im_start|>system\nYou are helpful.<|im_end|>\n<|im_start|>user\n"
+    "What is 2+2? 日本語のテキスト, emoji 🙂 and code: def f(x): return x*2<|im_end|>\n"
+    "<|im_start|>assistant\n<think>\n"
+)
+
+
+@pytest.fixture(scope="session")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("q35")
+
+
+def _ckpt(work: Path, name: str, preset: str, **kw: object) -> Path:
+    path = work / name
+    if not (path / "config.json").exists():
+        write_checkpoint(path, spec_for(preset, **kw))
+    return path
+
+
+@pytest.fixture(scope="session")
+def moe_ckpt(work: Path) -> Path:
+    return _ckpt(work, "tiny-moe", "tiny-moe")
+
+
+@pytest.fixture(scope="session")
+def dense_ckpt(work: Path) -> Path:
+    return _ckpt(work, "tiny-dense", "tiny-dense")
+
+
+@pytest.fixture(scope="session")
+def fp8_ckpt(work: Path) -> Path:
+    return _ckpt(work, "tiny-moe-fp8", "tiny-moe", dtype="FP8")
+
+
+_built: dict[tuple[Path, str, bool], Path] = {}
+
+
+def gguf_for(ckpt: Path, quant: str, mtp: bool = True) -> Path:
+    """Convert once per (checkpoint, type, mtp) in a session."""
+    key = (ckpt, quant, mtp)
+    if key not in _built:
+        out = ckpt.parent / f"{ckpt.name}-{quant}{'' if mtp else '-nomtp'}.gguf"
+        convert(ConvertOptions(checkpoint=ckpt, output=out, quant=OutType(quant), mtp=mtp))
+        _built[key] = out
+    return _built[key]
+
+
+def prompt_ids() -> list[int]:
+    from quantize.synth.tokenizer import qwen_tokenizer
+
+    return qwen_tokenizer().encode(PROMPT)
+
+
+def llama_logits(gguf: Path, ids: list[int]) -> np.ndarray:
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(gguf), n_ctx=256, n_batch=256, logits_all=True, verbose=False, seed=0)
+    try:
+        llm.eval(ids)
+        return np.array(llm.scores[: len(ids)], dtype=np.float64)
+    finally:
+        llm.close()
+
+
+def kld(ref: np.ndarray, got: np.ndarray) -> np.ndarray:
+    """Per-position KL(ref || got) of the softmax distributions."""
+    def log_softmax(x: np.ndarray) -> np.ndarray:
+        x = x - x.max(axis=-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+    lp, lq = log_softmax(ref), log_softmax(got)
+    return (np.exp(lp) * (lp - lq)).sum(axis=-1)
