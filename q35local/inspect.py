@@ -17,20 +17,18 @@ def add_inspect_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    from gguf import GGUFReader
+    import struct
+
+    from quantize.gguf_file import read_gguf
 
     path: Path = args.model
     if not path.is_file():
         raise InputError(path, "no such GGUF file")
     try:
-        r = GGUFReader(path)
-    except Exception as e:  # noqa: BLE001 - any parse error is a bad file
+        r = read_gguf(path)
+    except (ValueError, struct.error, OSError) as e:
         raise InputError(path, f"not a readable GGUF ({e})") from None
-    fields = r.fields
-
-    def get(key: str) -> object:
-        f = fields.get(key)
-        return None if f is None else f.contents()
+    get = r.get
 
     arch = get("general.architecture")
     print(f"{path.name}: {arch}, {get('general.name')}, {len(r.tensors)} tensors in this file")

@@ -15,7 +15,7 @@ import struct
 
 from .checkpoint import Checkpoint, open_checkpoint
 from .errors import InputError
-from .gguf_writer import (
+from .gguf_file import (
     KV,
     Shard,
     ShardWriter,
@@ -23,7 +23,7 @@ from .gguf_writer import (
     check_writable,
     plan_shards,
     publish,
-    read_layout,
+    read_gguf,
     temp_path,
 )
 from .metadata import general_kvs, hparams, size_label, tokenizer_kvs
@@ -132,7 +132,8 @@ def verify_file(s: Shard) -> None:
     path = temp_path(s.path)
     head, offsets = s.header()
     try:
-        start, tensors = read_layout(path)
+        layout = read_gguf(path)
+        start, tensors = layout.data_start, layout.tensors
     except (ValueError, struct.error, OSError) as e:
         raise InputError(s.path, f"written file does not parse as GGUF ({e})") from None
     if start != len(head) or len(tensors) != len(s.tensors):

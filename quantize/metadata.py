@@ -12,7 +12,7 @@ from gguf import GGUFValueType as V
 
 from .config import Qwen35Config
 from .errors import InputError
-from .gguf_writer import KV
+from .gguf_file import KV
 
 # llama.cpp token types
 NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5

@@ -15,7 +15,7 @@ from gguf import GGUFValueType as V
 
 from .checkpoint import Checkpoint
 from .errors import InputError
-from .gguf_writer import KV
+from .gguf_file import KV
 from .plan import OutTensor, OutType, Part
 
 PREFIX = "model.visual."

@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import gguf_for
-from gguf import GGUFReader
 from llama_cpp import Llama, llama_cpp
 from PIL import Image
 
 from q35local.vision import IMAGE_SPAN, Vision
 from quantize.convert import default_mmproj_path
 from quantize.errors import InputError
+from quantize.gguf_file import read_gguf
 
 
 def _png(path: Path, seed: int, size: tuple[int, int] = (96, 64)) -> Path:
@@ -47,10 +47,10 @@ def model(moe_ckpt: Path):
 
 def test_mmproj_metadata(model) -> None:
     _, mmproj = model
-    r = GGUFReader(mmproj)
-    assert r.fields["general.architecture"].contents() == "clip"
-    assert r.fields["clip.projector_type"].contents() == "qwen3vl_merger"
-    names = {t.name for t in r.tensors}
+    r = read_gguf(mmproj)
+    assert r.get("general.architecture") == "clip"
+    assert r.get("clip.projector_type") == "qwen3vl_merger"
+    names = {t[0] for t in r.tensors}
     assert {"v.patch_embd.weight", "v.patch_embd.weight.1", "mm.0.weight", "mm.2.bias"} <= names
 
 
