@@ -186,6 +186,8 @@ def _convert(ckpt: Checkpoint, opts: ConvertOptions, progress: Progress,
         mm_kvs = mmproj_metadata(ckpt, opts.quant, name, preprocessor)
         mm_shards = plan_shards(mm_path, mm_kvs, [TensorInfo(t.name, t.shape, t.ggml_type) for t in mm_plan],
                                 None)
+    for sh in shards + mm_shards:
+        sh.header()  # encode headers (the vocabulary) up front: the streaming phase allocates only chunks
     if on_plan:
         on_plan(sum(t.nbytes for t in plan + mm_plan), len(plan) + len(mm_plan))
     _write_file(ckpt, shards, plan, progress)
