@@ -33,7 +33,13 @@ def run_inspect(args: argparse.Namespace) -> int:
     arch = get("general.architecture")
     print(f"{path.name}: {arch}, {get('general.name')}, {len(r.tensors)} tensors in this file")
     if arch in ("qwen35", "qwen35moe"):
-        keys = ["block_count", "embedding_length", "expert_count", "expert_used_count", "nextn_predict_layers"]
+        keys = [
+            "block_count",
+            "embedding_length",
+            "expert_count",
+            "expert_used_count",
+            "nextn_predict_layers",
+        ]
         print("  " + ", ".join(f"{k}={get(f'{arch}.{k}')}" for k in keys if get(f"{arch}.{k}") is not None))
     from llama_cpp import Llama
 

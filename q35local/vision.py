@@ -33,8 +33,11 @@ class Vision:
             params.n_threads = n_threads
         ctx = mtmd_cpp.mtmd_init_from_file(str(mmproj).encode(), llm.model, params)
         if not ctx:
-            raise InputError(mmproj, "llama.cpp could not load this vision projector for this model "
-                             "(wrong file, or made for another model)")
+            raise InputError(
+                mmproj,
+                "llama.cpp could not load this vision projector for this model "
+                "(wrong file, or made for another model)",
+            )
         self.ctx = ctx
         self.marker = mtmd_cpp.mtmd_default_marker().decode()
         if not mtmd_cpp.mtmd_support_vision(ctx):
@@ -69,8 +72,9 @@ class Vision:
             if rc != 0:
                 raise ValueError(f"mtmd could not tokenize the prompt (code {rc})")
             new_past = llama_cpp.llama_pos(0)
-            rc = mtmd_cpp.mtmd_helper_eval_chunks(self.ctx, llm.ctx, chunks, n_past, 0, llm.n_batch, True,
-                                                  ctypes.byref(new_past))
+            rc = mtmd_cpp.mtmd_helper_eval_chunks(
+                self.ctx, llm.ctx, chunks, n_past, 0, llm.n_batch, True, ctypes.byref(new_past)
+            )
             if rc != 0:
                 raise RuntimeError(f"mtmd could not evaluate the prompt (code {rc})")
             return int(new_past.value)

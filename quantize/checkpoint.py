@@ -48,8 +48,9 @@ def _shard_map(ckpt: Path) -> dict[str, Path]:
             out[name] = p
         missing = sorted({p.name for p in out.values() if not p.exists()})
         if missing:
-            raise InputError(ckpt / missing[0], f"shard listed in {INDEX} is missing "
-                             f"({len(missing)} missing in all)")
+            raise InputError(
+                ckpt / missing[0], f"shard listed in {INDEX} is missing ({len(missing)} missing in all)"
+            )
         return out
     single = sorted(ckpt.glob("*.safetensors"))
     if len(single) == 1:
@@ -58,8 +59,11 @@ def _shard_map(ckpt: Path) -> dict[str, Path]:
         raise InputError(ckpt / INDEX, f"{len(single)} safetensors shards but no index")
     pickles = sorted(p.name for p in ckpt.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if pickles:
-        raise InputError(ckpt / pickles[0], "pickle checkpoints are refused (unpickling runs arbitrary "
-                         "code); convert them to safetensors first")
+        raise InputError(
+            ckpt / pickles[0],
+            "pickle checkpoints are refused (unpickling runs arbitrary "
+            "code); convert them to safetensors first",
+        )
     raise InputError(ckpt, "no safetensors weights found")
 
 

@@ -23,13 +23,21 @@ from .plan import OutType
 
 
 def add_quantize_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("quantize", help="convert a Hugging Face Qwen 3.5 checkpoint to GGUF",
-                       description="Convert a Hugging Face Qwen 3.5 checkpoint folder (BF16, F16, F32 or "
-                       "block FP8 safetensors) to a GGUF that llama.cpp runs, plus the vision projector.")
+    p = sub.add_parser(
+        "quantize",
+        help="convert a Hugging Face Qwen 3.5 checkpoint to GGUF",
+        description="Convert a Hugging Face Qwen 3.5 checkpoint folder (BF16, F16, F32 or "
+        "block FP8 safetensors) to a GGUF that llama.cpp runs, plus the vision projector.",
+    )
     p.add_argument("checkpoint", type=Path, help="checkpoint folder (config.json + *.safetensors)")
     p.add_argument("-o", "--output", type=Path, required=True, help="output GGUF path")
-    p.add_argument("--quant", default="Q8_0", type=str.upper, choices=[t.value for t in OutType],
-                   help="output type (default Q8_0)")
+    p.add_argument(
+        "--quant",
+        default="Q8_0",
+        type=str.upper,
+        choices=[t.value for t in OutType],
+        help="output type (default Q8_0)",
+    )
     p.add_argument("--mmproj", type=Path, help="vision projector path (default: OUT.mmproj.gguf)")
     p.add_argument("--no-mmproj", action="store_true", help="do not write the vision projector")
     p.add_argument("--no-mtp", action="store_true", help="drop the multi-token-prediction head")
@@ -50,7 +58,9 @@ def add_make_tiny_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", default="BF16", type=str.upper, choices=["BF16", "F16", "F32", "FP8"])
     p.add_argument("--no-vision", action="store_true", help="text only (a *ForCausalLM checkpoint)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--if-missing", action="store_true", help="do nothing if the folder already holds a checkpoint")
+    p.add_argument(
+        "--if-missing", action="store_true", help="do nothing if the folder already holds a checkpoint"
+    )
     p.set_defaults(func=run_make_tiny, preset="tiny-moe")
 
 
@@ -76,12 +86,26 @@ def run_quantize(args: argparse.Namespace) -> int:
     except ValueError as e:
         console.print(f"error: --split-max-size: {e}", markup=False)
         return 2
-    opts = ConvertOptions(checkpoint=args.checkpoint, output=args.output, quant=OutType(args.quant),
-                          mmproj=args.mmproj, write_mmproj=not args.no_mmproj, mtp=not args.no_mtp,
-                          split_max_size=split, name=args.name)
-    columns = [TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-               TextColumn("{task.fields[tensors]}"), TimeElapsedColumn(), TextColumn("ETA"),
-               TimeRemainingColumn()]
+    opts = ConvertOptions(
+        checkpoint=args.checkpoint,
+        output=args.output,
+        quant=OutType(args.quant),
+        mmproj=args.mmproj,
+        write_mmproj=not args.no_mmproj,
+        mtp=not args.no_mtp,
+        split_max_size=split,
+        name=args.name,
+    )
+    columns = [
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TextColumn("{task.fields[tensors]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    ]
     with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as bar:
         task = bar.add_task("converting", total=None, tensors="")
         state = {"done": 0, "total": 0}
@@ -93,8 +117,12 @@ def run_quantize(args: argparse.Namespace) -> int:
         def progress(n: int, finished: bool, name: str) -> None:
             if finished:
                 state["done"] += 1
-            bar.update(task, advance=n, description=name[:28].ljust(28),
-                       tensors=f"{state['done']}/{state['total']} tensors")
+            bar.update(
+                task,
+                advance=n,
+                description=name[:28].ljust(28),
+                tensors=f"{state['done']}/{state['total']} tensors",
+            )
 
         result = convert(opts, progress, on_plan=on_plan)
     print_summary(Console(), result, opts)
@@ -108,7 +136,8 @@ def print_summary(console: Console, r: ConvertResult, opts: ConvertOptions) -> N
         n = 1
         for d in t.shape:
             n *= d
-        key = (t.cls, t.ggml_type.name)
+        # vectors (norms, ssm_a, ssm_dt, biases) are many tiny tensors: one row keeps it on one screen
+        key = ("norms and other vectors" if len(t.shape) == 1 else t.cls, t.ggml_type.name)
         rows[key][0] += 1
         rows[key][1] += n
         rows[key][2] += t.nbytes
@@ -119,15 +148,28 @@ def print_summary(console: Console, r: ConvertResult, opts: ConvertOptions) -> N
         table.add_row(cls, ty, str(cnt), f"{n:,}", f"{b / 2**20:,.1f}", f"{8 * b / n:.2f}")
     params = sum(v[1] for v in rows.values())
     nbytes = sum(v[2] for v in rows.values())
-    table.add_row("total", "", str(len(r.model.tensors)), f"{params:,}", f"{nbytes / 2**20:,.1f}",
-                  f"{8 * nbytes / params:.2f}", style="bold")
+    table.add_row(
+        "total",
+        "",
+        str(len(r.model.tensors)),
+        f"{params:,}",
+        f"{nbytes / 2**20:,.1f}",
+        f"{8 * nbytes / params:.2f}",
+        style="bold",
+    )
     console.print(table)
     for p in r.model.paths:
         console.print(f"model   {p}  ({p.stat().st_size / 2**20:,.1f} MiB)", markup=False, highlight=False)
     if r.mmproj:
         for p in r.mmproj.paths:
-            console.print(f"mmproj  {p}  ({p.stat().st_size / 2**20:,.1f} MiB, {len(r.mmproj.tensors)} tensors)",
-                          markup=False, highlight=False)
+            console.print(
+                f"mmproj  {p}  ({p.stat().st_size / 2**20:,.1f} MiB, {len(r.mmproj.tensors)} tensors)",
+                markup=False,
+                highlight=False,
+            )
     total = r.model.nbytes + (r.mmproj.nbytes if r.mmproj else 0)
-    console.print(f"done in {r.seconds:.1f} s ({total / 2**20 / max(r.seconds, 1e-9):,.0f} MiB/s written)",
-                  markup=False, highlight=False)
+    console.print(
+        f"done in {r.seconds:.1f} s ({total / 2**20 / max(r.seconds, 1e-9):,.0f} MiB/s written)",
+        markup=False,
+        highlight=False,
+    )

@@ -133,8 +133,10 @@ def load_config(ckpt: Path) -> Qwen35Config:
     known = [a for a in archs if a in ARCHITECTURES]
     if not known:
         raise InputError(
-            path, f"unknown architecture {archs or raw.get('model_type')!r}; "
-            f"q35 converts {', '.join(sorted(ARCHITECTURES))}")
+            path,
+            f"unknown architecture {archs or raw.get('model_type')!r}; "
+            f"q35 converts {', '.join(sorted(ARCHITECTURES))}",
+        )
     architecture = known[0]
     arch, moe = ARCHITECTURES[architecture]
     text = raw.get("text_config", raw)
@@ -163,8 +165,9 @@ def _parse(raw: dict, text: dict, architecture: str, arch: str, moe: bool, path:
     mrope = tuple(int(x) for x in rope.get("mrope_section", (11, 11, 10)))
     head_dim = int(text.get("head_dim", hidden // n_head))
     if sum(mrope) * 2 != int(head_dim * partial):
-        raise InputError(path, f"mrope_section {list(mrope)} does not cover the rotary dims "
-                         f"({head_dim} x {partial})")
+        raise InputError(
+            path, f"mrope_section {list(mrope)} does not cover the rotary dims ({head_dim} x {partial})"
+        )
     dk, dv = int(_need(text, "linear_key_head_dim", path)), int(_need(text, "linear_value_head_dim", path))
     nk, nv = int(_need(text, "linear_num_key_heads", path)), int(_need(text, "linear_num_value_heads", path))
     if nv % nk:
@@ -207,21 +210,38 @@ def _parse(raw: dict, text: dict, architecture: str, arch: str, moe: bool, path:
             raise InputError(path, f"unsupported quantization_config method {qc.get('quant_method')!r}")
         b = qc.get("weight_block_size") or [128, 128]
         fp8_block = (int(b[0]), int(b[1]))
-    token_ids = {k: int(raw[k]) for k in ("image_token_id", "video_token_id", "vision_start_token_id",
-                                          "vision_end_token_id") if k in raw}
+    token_ids = {
+        k: int(raw[k])
+        for k in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
+        if k in raw
+    }
     return Qwen35Config(
-        architecture=architecture, arch=arch, moe=moe,
+        architecture=architecture,
+        arch=arch,
+        moe=moe,
         vocab_size=int(_need(text, "vocab_size", path)),
-        hidden_size=hidden, num_hidden_layers=n_layers, num_attention_heads=n_head,
-        num_key_value_heads=int(text.get("num_key_value_heads", n_head)), head_dim=head_dim,
+        hidden_size=hidden,
+        num_hidden_layers=n_layers,
+        num_attention_heads=n_head,
+        num_key_value_heads=int(text.get("num_key_value_heads", n_head)),
+        head_dim=head_dim,
         rms_norm_eps=float(text.get("rms_norm_eps", 1e-6)),
         max_position_embeddings=int(text.get("max_position_embeddings", 262144)),
-        layer_types=tuple(layer_types), full_attention_interval=interval,
+        layer_types=tuple(layer_types),
+        full_attention_interval=interval,
         linear_conv_kernel_dim=int(text.get("linear_conv_kernel_dim", 4)),
-        linear_key_head_dim=dk, linear_value_head_dim=dv, linear_num_key_heads=nk, linear_num_value_heads=nv,
-        rope_theta=rope_theta, partial_rotary_factor=partial, mrope_section=mrope,
+        linear_key_head_dim=dk,
+        linear_value_head_dim=dv,
+        linear_num_key_heads=nk,
+        linear_num_value_heads=nv,
+        rope_theta=rope_theta,
+        partial_rotary_factor=partial,
+        mrope_section=mrope,
         tie_word_embeddings=bool(raw.get("tie_word_embeddings", text.get("tie_word_embeddings", False))),
         mtp_num_hidden_layers=int(text.get("mtp_num_hidden_layers", 0)),
         name=str(raw.get("_name_or_path", "")),
-        vision=vision, token_ids=token_ids, fp8_block=fp8_block, **moe_kw,
+        vision=vision,
+        token_ids=token_ids,
+        fp8_block=fp8_block,
+        **moe_kw,
     )

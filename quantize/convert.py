@@ -6,12 +6,11 @@ interrupt at any point removes the temporary files."""
 from __future__ import annotations
 
 import json
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import struct
 
 from .checkpoint import Checkpoint, open_checkpoint
 from .errors import InputError
@@ -138,15 +137,21 @@ def verify_file(s: Shard) -> None:
         raise InputError(s.path, f"written file does not parse as GGUF ({e})") from None
     if start != len(head) or len(tensors) != len(s.tensors):
         raise InputError(s.path, f"re-read {len(tensors)} tensors, wrote {len(s.tensors)}")
-    for (name, shape, ty, off), want, want_off in zip(tensors, s.tensors, offsets):
+    for (name, shape, ty, off), want, want_off in zip(tensors, s.tensors, offsets, strict=True):
         if (name, shape, ty, off) != (want.name, want.shape, int(want.ggml_type), want_off):
-            raise InputError(s.path, f"tensor {want.name} reads back as {name} type {ty} {list(shape)} @ {off}")
+            raise InputError(
+                s.path, f"tensor {want.name} reads back as {name} type {ty} {list(shape)} @ {off}"
+            )
     if path.stat().st_size != s.file_size():
         raise InputError(s.path, f"file is {path.stat().st_size} bytes, expected {s.file_size()}")
 
 
-def convert(opts: ConvertOptions, progress: Progress | None = None, *,
-            on_plan: Callable[[int, int], None] | None = None) -> ConvertResult:
+def convert(
+    opts: ConvertOptions,
+    progress: Progress | None = None,
+    *,
+    on_plan: Callable[[int, int], None] | None = None,
+) -> ConvertResult:
     """Run the whole conversion. on_plan(total_bytes, total_tensors) is called once before writing."""
     progress = progress or (lambda n, done, name: None)
     t0 = time.perf_counter()
@@ -157,8 +162,13 @@ def convert(opts: ConvertOptions, progress: Progress | None = None, *,
         ckpt.close()
 
 
-def _convert(ckpt: Checkpoint, opts: ConvertOptions, progress: Progress,
-             on_plan: Callable[[int, int], None] | None, t0: float) -> ConvertResult:
+def _convert(
+    ckpt: Checkpoint,
+    opts: ConvertOptions,
+    progress: Progress,
+    on_plan: Callable[[int, int], None] | None,
+    t0: float,
+) -> ConvertResult:
     cfg = ckpt.config
     check_writable(opts.output)
     plan = plan_text(ckpt, opts.quant, mtp=opts.mtp)
@@ -184,8 +194,9 @@ def _convert(ckpt: Checkpoint, opts: ConvertOptions, progress: Progress,
         pre = ckpt.path / "preprocessor_config.json"
         preprocessor = json.loads(pre.read_text()) if pre.exists() else {}
         mm_kvs = mmproj_metadata(ckpt, opts.quant, name, preprocessor)
-        mm_shards = plan_shards(mm_path, mm_kvs, [TensorInfo(t.name, t.shape, t.ggml_type) for t in mm_plan],
-                                None)
+        mm_shards = plan_shards(
+            mm_path, mm_kvs, [TensorInfo(t.name, t.shape, t.ggml_type) for t in mm_plan], None
+        )
     for sh in shards + mm_shards:
         sh.header()  # encode headers (the vocabulary) up front: the streaming phase allocates only chunks
     if on_plan:

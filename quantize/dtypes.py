@@ -64,8 +64,9 @@ def f32_to_e4m3fn(x: np.ndarray) -> np.ndarray:
     return np.where(x < 0, code | 0x80, code).astype(np.uint8)
 
 
-def fp8_block_dequant(weight: np.ndarray, scale_inv: np.ndarray, rows: np.ndarray | slice,
-                      block: tuple[int, int]) -> np.ndarray:
+def fp8_block_dequant(
+    weight: np.ndarray, scale_inv: np.ndarray, rows: np.ndarray | slice, block: tuple[int, int]
+) -> np.ndarray:
     """Dequantize rows of a block-scaled FP8 weight: w[r, c] * scale_inv[r // bm, c // bn].
 
     `weight` is the raw uint8 [out, in] array, `scale_inv` the float32 [ceil(out/bm), ceil(in/bn)] grid.

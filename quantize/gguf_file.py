@@ -28,10 +28,17 @@ GGUF_VERSION = 3
 ALIGNMENT = 32
 
 _SCALAR = {
-    GGUFValueType.UINT8: "<B", GGUFValueType.INT8: "<b", GGUFValueType.UINT16: "<H",
-    GGUFValueType.INT16: "<h", GGUFValueType.UINT32: "<I", GGUFValueType.INT32: "<i",
-    GGUFValueType.FLOAT32: "<f", GGUFValueType.BOOL: "<?", GGUFValueType.UINT64: "<Q",
-    GGUFValueType.INT64: "<q", GGUFValueType.FLOAT64: "<d",
+    GGUFValueType.UINT8: "<B",
+    GGUFValueType.INT8: "<b",
+    GGUFValueType.UINT16: "<H",
+    GGUFValueType.INT16: "<h",
+    GGUFValueType.UINT32: "<I",
+    GGUFValueType.INT32: "<i",
+    GGUFValueType.FLOAT32: "<f",
+    GGUFValueType.BOOL: "<?",
+    GGUFValueType.UINT64: "<Q",
+    GGUFValueType.INT64: "<q",
+    GGUFValueType.FLOAT64: "<d",
 }
 
 
@@ -280,7 +287,7 @@ def _parse_header(buf: memoryview, max_array: int) -> GGUFLayout:
     def string() -> str:
         nonlocal pos
         n = u("<Q")
-        s = bytes(buf[pos:pos + n]).decode("utf-8", errors="replace")
+        s = bytes(buf[pos : pos + n]).decode("utf-8", errors="replace")
         pos += n
         return s
 

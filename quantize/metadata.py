@@ -78,7 +78,7 @@ def _looks_special(s: str) -> bool:
 
 
 def tokenizer_kvs(ckpt: Path, vocab_size: int) -> list[KV]:
-    """tokenizer.* keys from tokenizer.json / tokenizer_config.json (the layout llama.cpp's gpt2 BPE reads)."""
+    """tokenizer.* keys from tokenizer.json and tokenizer_config.json, as llama.cpp's gpt2 BPE reads them."""
     tj_path = ckpt / "tokenizer.json"
     tj = _read_json(tj_path)
     tc = _read_json(ckpt / "tokenizer_config.json") if (ckpt / "tokenizer_config.json").exists() else {}
@@ -95,7 +95,9 @@ def tokenizer_kvs(ckpt: Path, vocab_size: int) -> list[KV]:
     for i, t in added.items():
         by_id[i] = t["content"]
     if by_id and max(by_id) >= vocab_size:
-        raise InputError(tj_path, f"token id {max(by_id)} does not fit vocab_size {vocab_size} of config.json")
+        raise InputError(
+            tj_path, f"token id {max(by_id)} does not fit vocab_size {vocab_size} of config.json"
+        )
     tokens, types = [], []
     for i in range(vocab_size):
         s = by_id.get(i)
@@ -124,8 +126,11 @@ def tokenizer_kvs(ckpt: Path, vocab_size: int) -> list[KV]:
             tok = tok.get("content")
         return ids.get(tok) if isinstance(tok, str) else None
 
-    for key, gguf_key in (("eos_token", "eos_token_id"), ("pad_token", "padding_token_id"),
-                          ("bos_token", "bos_token_id")):
+    for key, gguf_key in (
+        ("eos_token", "eos_token_id"),
+        ("pad_token", "padding_token_id"),
+        ("bos_token", "bos_token_id"),
+    ):
         i = special_id(key)
         if i is not None:
             kv.append(KV(f"tokenizer.ggml.{gguf_key}", V.UINT32, i))
@@ -152,6 +157,7 @@ def general_kvs(cfg: Qwen35Config, name: str, file_type: int, size_label: str) -
 
 def size_label(cfg: Qwen35Config, total_params: int, expert_params: int) -> str:
     """'8x1.2M'-style for MoE (experts x params per expert), '4.1B' otherwise, like llama.cpp's naming."""
+
     def short(n: float) -> str:
         for unit, div in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
             if n >= div:

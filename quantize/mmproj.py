@@ -55,16 +55,27 @@ def plan_mmproj(ckpt: Checkpoint, out: OutType) -> list[OutTensor]:
     v = ckpt.config.vision
     assert v is not None
     if v.temporal_patch_size != 2:
-        raise InputError(ckpt.path / "config.json", f"vision temporal_patch_size {v.temporal_patch_size} "
-                         "is not 2; llama.cpp's qwen3vl projector needs 2")
+        raise InputError(
+            ckpt.path / "config.json",
+            f"vision temporal_patch_size {v.temporal_patch_size} "
+            "is not 2; llama.cpp's qwen3vl projector needs 2",
+        )
     if v.deepstack_visual_indexes:
         raise InputError(ckpt.path / "config.json", "deepstack vision layers are not part of Qwen 3.5")
     m2 = v.spatial_merge_size**2
-    dims = {"d": v.hidden_size, "d3": 3 * v.hidden_size, "ff": v.intermediate_size, "n_pos":
-            v.num_position_embeddings, "merged": v.hidden_size * m2, "out": v.out_hidden_size}
+    dims = {
+        "d": v.hidden_size,
+        "d3": 3 * v.hidden_size,
+        "ff": v.intermediate_size,
+        "n_pos": v.num_position_embeddings,
+        "merged": v.hidden_size * m2,
+        "out": v.out_hidden_size,
+    }
     if v.out_hidden_size != ckpt.config.hidden_size:
-        raise InputError(ckpt.path / "config.json", f"vision out_hidden_size {v.out_hidden_size} != text "
-                         f"hidden_size {ckpt.config.hidden_size}")
+        raise InputError(
+            ckpt.path / "config.json",
+            f"vision out_hidden_size {v.out_hidden_size} != text hidden_size {ckpt.config.hidden_size}",
+        )
     wt = MMPROJ_TYPE[out]
     tensors: list[OutTensor] = []
 
@@ -73,8 +84,9 @@ def plan_mmproj(ckpt: Checkpoint, out: OutType) -> list[OutTensor]:
         if e is None:
             raise InputError(ckpt.path, f"vision tensor {hf!r} is missing from the checkpoint")
         if e.shape != shape:
-            raise InputError(e.path, f"tensor {hf!r} has shape {list(e.shape)} but config.json implies "
-                             f"{list(shape)}")
+            raise InputError(
+                e.path, f"tensor {hf!r} has shape {list(e.shape)} but config.json implies {list(shape)}"
+            )
 
     # The patch convolution, one kernel per temporal slice.
     hf = PREFIX + "patch_embed.proj.weight"
@@ -104,7 +116,7 @@ def mmproj_metadata(ckpt: Checkpoint, out: OutType, name: str, preprocessor: dic
     assert v is not None
     mean = [float(x) for x in preprocessor.get("image_mean", (0.5, 0.5, 0.5))]
     std = [float(x) for x in preprocessor.get("image_std", (0.5, 0.5, 0.5))]
-    side = int(round(v.num_position_embeddings**0.5))
+    side = round(v.num_position_embeddings**0.5)
     file_type = {OutType.F32: 0, OutType.F16: 1, OutType.BF16: 32, OutType.Q8_0: 1}[out]
     return [
         KV("general.architecture", V.STRING, "clip"),

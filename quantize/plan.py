@@ -75,8 +75,10 @@ class OutTensor:
 
 
 # Tensors llama.cpp wants in F32 whatever the file type: vectors, norms, routers, the conv kernel.
-_ALWAYS_F32 = re.compile(r"(_norm\.weight|ffn_gate_inp\.weight|ffn_gate_inp_shexp\.weight|ssm_conv1d\.weight"
-                         r"|position_embd\.weight)$")
+_ALWAYS_F32 = re.compile(
+    r"(_norm\.weight|ffn_gate_inp\.weight|ffn_gate_inp_shexp\.weight|ssm_conv1d\.weight"
+    r"|position_embd\.weight)$"
+)
 
 
 def base_type(name: str, shape: tuple[int, ...], out: OutType) -> T:
@@ -110,8 +112,9 @@ class _Planner:
             raise InputError(self.ckpt.path, f"tensor {hf!r} is missing from the checkpoint")
         want = tuple(self.dims[d] for d in shape)
         if e.shape != want:
-            raise InputError(e.path, f"tensor {hf!r} has shape {list(e.shape)} but config.json implies "
-                             f"{list(want)}")
+            raise InputError(
+                e.path, f"tensor {hf!r} has shape {list(e.shape)} but config.json implies {list(want)}"
+            )
         if e.dtype not in ("F32", "F16", "BF16", "F8_E4M3"):
             raise InputError(e.path, f"tensor {hf!r} has dtype {e.dtype}, not a float type")
         if e.dtype == "F8_E4M3":
@@ -129,11 +132,19 @@ class _Planner:
             raise InputError(e.path, f"FP8 tensor {hf!r} has no 2-D block scale {hf}_scale_inv")
         want = (-(-e.shape[0] // block[0]), -(-e.shape[1] // block[1]))
         if scale.shape != want:
-            raise InputError(scale.path, f"{hf}_scale_inv has shape {list(scale.shape)}, expected {list(want)}")
+            raise InputError(
+                scale.path, f"{hf}_scale_inv has shape {list(scale.shape)}, expected {list(want)}"
+            )
         self.used.add(hf + "_scale_inv")
 
-    def add(self, gguf: str, hf_shape: tuple[int, ...], parts: list[Part], transforms: tuple[str, ...],
-            n_experts: int = 0) -> None:
+    def add(
+        self,
+        gguf: str,
+        hf_shape: tuple[int, ...],
+        parts: list[Part],
+        transforms: tuple[str, ...],
+        n_experts: int = 0,
+    ) -> None:
         tf = build_transform(transforms, self.cfg)
         if tf.row_perm is not None:
             assert len(parts) == 1
@@ -230,8 +241,10 @@ class _Planner:
         left = sorted(n for n in self.ckpt.entries if n not in self.used and not n.startswith(skip))
         if left:
             e = self.ckpt.entries[left[0]]
-            raise InputError(e.path, f"unexpected tensor {left[0]!r} for {self.cfg.architecture} "
-                             f"({len(left)} unexpected in all)")
+            raise InputError(
+                e.path,
+                f"unexpected tensor {left[0]!r} for {self.cfg.architecture} ({len(left)} unexpected in all)",
+            )
 
 
 def plan_text(ckpt: Checkpoint, out: OutType, mtp: bool = True) -> list[OutTensor]:

@@ -8,6 +8,7 @@ memmaps that let us read one row range of one tensor at a time.
 
 from __future__ import annotations
 
+import itertools
 import json
 import mmap
 import struct
@@ -103,15 +104,18 @@ def read_header(path: Path) -> dict[str, TensorEntry]:
             raise InputError(path, f"tensor {name!r} has offsets [{b}, {e}] that run backwards")
         if e - b != numel * DTYPES[dtype][1]:
             raise InputError(
-                path, f"tensor {name!r} header says {e - b} bytes but {dtype}{list(shape)} needs "
-                f"{numel * DTYPES[dtype][1]}")
+                path,
+                f"tensor {name!r} header says {e - b} bytes but {dtype}{list(shape)} needs "
+                f"{numel * DTYPES[dtype][1]}",
+            )
         if e > data_len:
             raise InputError(
-                path, f"truncated: tensor {name!r} ends at byte {data_start + e} but the file has {size}")
+                path, f"truncated: tensor {name!r} ends at byte {data_start + e} but the file has {size}"
+            )
         entries[name] = TensorEntry(name, dtype, shape, data_start + b, data_start + e, path)
     # Offsets must not overlap: a header that lies about placement would otherwise alias two tensors.
     spans = sorted((t.begin, t.end, t.name) for t in entries.values() if t.end > t.begin)
-    for (b0, e0, n0), (b1, _e1, n1) in zip(spans, spans[1:]):
+    for (_b0, e0, n0), (b1, _e1, n1) in itertools.pairwise(spans):
         if b1 < e0:
             raise InputError(path, f"tensors {n0!r} and {n1!r} overlap in the data section")
     return entries

@@ -12,8 +12,11 @@ import numpy as np
 _DTYPE_NAME = {np.dtype("<f4"): "F32", np.dtype("<f2"): "F16", np.dtype("u1"): "U8"}
 
 
-def write_safetensors(path: Path, tensors: dict[str, tuple[str, tuple[int, ...], np.ndarray]],
-                      metadata: dict[str, str] | None = None) -> None:
+def write_safetensors(
+    path: Path,
+    tensors: dict[str, tuple[str, tuple[int, ...], np.ndarray]],
+    metadata: dict[str, str] | None = None,
+) -> None:
     """tensors: name -> (safetensors dtype, shape, raw little-endian array). Written atomically."""
     header: dict[str, object] = {}
     off = 0

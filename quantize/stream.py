@@ -31,8 +31,9 @@ def _rows_f32(ckpt: Checkpoint, hf: str, rows: np.ndarray | slice) -> np.ndarray
     return to_f32(raw[rows], e.dtype)
 
 
-def tensor_rows(ckpt: Checkpoint, t: OutTensor, chunk_elems: int | None = None
-                ) -> Iterator[tuple[int, np.ndarray]]:
+def tensor_rows(
+    ckpt: Checkpoint, t: OutTensor, chunk_elems: int | None = None
+) -> Iterator[tuple[int, np.ndarray]]:
     """(part index, float32 rows [k, n_per_row]) in output order, transformed."""
     chunk_elems = chunk_elems or CHUNK_ELEMS
     tf = t.transform

@@ -46,24 +46,58 @@ LM_HEAD = ("lm_head.weight", "output.weight", ("vocab", "hidden"))
 
 LAYER_RULES: tuple[Rule, ...] = (
     Rule("input_layernorm.weight", "blk.{bid}.attn_norm.weight", ("hidden",), ("norm_plus_one",)),
-    Rule("post_attention_layernorm.weight", "blk.{bid}.post_attention_norm.weight", ("hidden",),
-         ("norm_plus_one",)),
+    Rule(
+        "post_attention_layernorm.weight",
+        "blk.{bid}.post_attention_norm.weight",
+        ("hidden",),
+        ("norm_plus_one",),
+    ),
     # Gated DeltaNet (linear attention)
-    Rule("linear_attn.in_proj_qkv.weight", "blk.{bid}.attn_qkv.weight", ("lin_qkv", "hidden"),
-         ("vheads_qkv_rows",), LINEAR),
-    Rule("linear_attn.in_proj_z.weight", "blk.{bid}.attn_gate.weight", ("lin_v", "hidden"),
-         ("vheads_rows",), LINEAR),
-    Rule("linear_attn.in_proj_a.weight", "blk.{bid}.ssm_alpha.weight", ("lin_nv", "hidden"),
-         ("vheads_rows_1",), LINEAR),
-    Rule("linear_attn.in_proj_b.weight", "blk.{bid}.ssm_beta.weight", ("lin_nv", "hidden"),
-         ("vheads_rows_1",), LINEAR),
-    Rule("linear_attn.conv1d.weight", "blk.{bid}.ssm_conv1d.weight", ("lin_qkv", "one", "conv_k"),
-         ("squeeze_middle", "vheads_qkv_rows"), LINEAR),
+    Rule(
+        "linear_attn.in_proj_qkv.weight",
+        "blk.{bid}.attn_qkv.weight",
+        ("lin_qkv", "hidden"),
+        ("vheads_qkv_rows",),
+        LINEAR,
+    ),
+    Rule(
+        "linear_attn.in_proj_z.weight",
+        "blk.{bid}.attn_gate.weight",
+        ("lin_v", "hidden"),
+        ("vheads_rows",),
+        LINEAR,
+    ),
+    Rule(
+        "linear_attn.in_proj_a.weight",
+        "blk.{bid}.ssm_alpha.weight",
+        ("lin_nv", "hidden"),
+        ("vheads_rows_1",),
+        LINEAR,
+    ),
+    Rule(
+        "linear_attn.in_proj_b.weight",
+        "blk.{bid}.ssm_beta.weight",
+        ("lin_nv", "hidden"),
+        ("vheads_rows_1",),
+        LINEAR,
+    ),
+    Rule(
+        "linear_attn.conv1d.weight",
+        "blk.{bid}.ssm_conv1d.weight",
+        ("lin_qkv", "one", "conv_k"),
+        ("squeeze_middle", "vheads_qkv_rows"),
+        LINEAR,
+    ),
     Rule("linear_attn.A_log", "blk.{bid}.ssm_a", ("lin_nv",), ("neg_exp", "vheads_vector"), LINEAR),
     Rule("linear_attn.dt_bias", "blk.{bid}.ssm_dt.bias", ("lin_nv",), ("vheads_vector",), LINEAR),
     Rule("linear_attn.norm.weight", "blk.{bid}.ssm_norm.weight", ("lin_dv",), (), LINEAR),
-    Rule("linear_attn.out_proj.weight", "blk.{bid}.ssm_out.weight", ("hidden", "lin_v"),
-         ("vheads_cols",), LINEAR),
+    Rule(
+        "linear_attn.out_proj.weight",
+        "blk.{bid}.ssm_out.weight",
+        ("hidden", "lin_v"),
+        ("vheads_cols",),
+        LINEAR,
+    ),
     # Gated full attention (q_proj carries the query and its output gate)
     Rule("self_attn.q_proj.weight", "blk.{bid}.attn_q.weight", ("q_gate", "hidden"), (), FULL),
     Rule("self_attn.k_proj.weight", "blk.{bid}.attn_k.weight", ("kv_out", "hidden"), (), FULL),
@@ -73,19 +107,45 @@ LAYER_RULES: tuple[Rule, ...] = (
     Rule("self_attn.k_norm.weight", "blk.{bid}.attn_k_norm.weight", ("head_dim",), ("norm_plus_one",), FULL),
     # Sparse MoE: router, routed experts (stacked), shared expert and its gate
     Rule("mlp.gate.weight", "blk.{bid}.ffn_gate_inp.weight", ("n_expert", "hidden"), (), ffn=MOE),
-    Rule("mlp.experts.{e}.gate_proj.weight", "blk.{bid}.ffn_gate_exps.weight", ("moe_ff", "hidden"), (),
-         ffn=MOE),
+    Rule(
+        "mlp.experts.{e}.gate_proj.weight",
+        "blk.{bid}.ffn_gate_exps.weight",
+        ("moe_ff", "hidden"),
+        (),
+        ffn=MOE,
+    ),
     Rule("mlp.experts.{e}.up_proj.weight", "blk.{bid}.ffn_up_exps.weight", ("moe_ff", "hidden"), (), ffn=MOE),
-    Rule("mlp.experts.{e}.down_proj.weight", "blk.{bid}.ffn_down_exps.weight", ("hidden", "moe_ff"), (),
-         ffn=MOE),
-    Rule("mlp.shared_expert.gate_proj.weight", "blk.{bid}.ffn_gate_shexp.weight", ("shexp_ff", "hidden"), (),
-         ffn=MOE),
-    Rule("mlp.shared_expert.up_proj.weight", "blk.{bid}.ffn_up_shexp.weight", ("shexp_ff", "hidden"), (),
-         ffn=MOE),
-    Rule("mlp.shared_expert.down_proj.weight", "blk.{bid}.ffn_down_shexp.weight", ("hidden", "shexp_ff"), (),
-         ffn=MOE),
-    Rule("mlp.shared_expert_gate.weight", "blk.{bid}.ffn_gate_inp_shexp.weight", ("one", "hidden"), (),
-         ffn=MOE),
+    Rule(
+        "mlp.experts.{e}.down_proj.weight",
+        "blk.{bid}.ffn_down_exps.weight",
+        ("hidden", "moe_ff"),
+        (),
+        ffn=MOE,
+    ),
+    Rule(
+        "mlp.shared_expert.gate_proj.weight",
+        "blk.{bid}.ffn_gate_shexp.weight",
+        ("shexp_ff", "hidden"),
+        (),
+        ffn=MOE,
+    ),
+    Rule(
+        "mlp.shared_expert.up_proj.weight",
+        "blk.{bid}.ffn_up_shexp.weight",
+        ("shexp_ff", "hidden"),
+        (),
+        ffn=MOE,
+    ),
+    Rule(
+        "mlp.shared_expert.down_proj.weight",
+        "blk.{bid}.ffn_down_shexp.weight",
+        ("hidden", "shexp_ff"),
+        (),
+        ffn=MOE,
+    ),
+    Rule(
+        "mlp.shared_expert_gate.weight", "blk.{bid}.ffn_gate_inp_shexp.weight", ("one", "hidden"), (), ffn=MOE
+    ),
     # Dense SwiGLU
     Rule("mlp.gate_proj.weight", "blk.{bid}.ffn_gate.weight", ("ff", "hidden"), (), ffn=DENSE),
     Rule("mlp.up_proj.weight", "blk.{bid}.ffn_up.weight", ("ff", "hidden"), (), ffn=DENSE),
@@ -112,6 +172,7 @@ TEXT_PREFIXES = ("model.language_model.", "model.")
 # Transforms. Each works on a tensor viewed as 2-D rows [R, C] (a vector is one row), through one of
 # three hooks so that it can run on a chunk of rows at a time: a row permutation, a column
 # permutation, or an elementwise function.
+
 
 @dataclass(frozen=True)
 class Transform:

@@ -81,6 +81,7 @@ def llama_logits(gguf: Path, ids: list[int]) -> np.ndarray:
 
 def kld(ref: np.ndarray, got: np.ndarray) -> np.ndarray:
     """Per-position KL(ref || got) of the softmax distributions."""
+
     def log_softmax(x: np.ndarray) -> np.ndarray:
         x = x - x.max(axis=-1, keepdims=True)
         return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))

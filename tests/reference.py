@@ -48,7 +48,9 @@ def dequantized_copy(fp8_ckpt: Path, out: Path) -> Path:
                 continue
             if t.dtype == torch.float8_e4m3fn:
                 s = sd[name + "_scale_inv"].float()
-                s = s.repeat_interleave(block[0], 0)[: t.shape[0]].repeat_interleave(block[1], 1)[:, : t.shape[1]]
+                s = s.repeat_interleave(block[0], 0)[: t.shape[0]].repeat_interleave(block[1], 1)[
+                    :, : t.shape[1]
+                ]
                 dense[name] = t.float() * s
             else:
                 dense[name] = t.float()

@@ -46,11 +46,11 @@ def _rewrite_header(path: Path, edit) -> None:
     """Rewrite a shard's JSON header in place (same length, padded), leaving the data as it is."""
     raw = path.read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8:8 + n])
+    header = json.loads(raw[8 : 8 + n])
     edit(header)
     new = json.dumps(header, separators=(",", ":")).encode()
     assert len(new) <= n
-    path.write_bytes(raw[:8] + new + b" " * (n - len(new)) + raw[8 + n:])
+    path.write_bytes(raw[:8] + new + b" " * (n - len(new)) + raw[8 + n :])
 
 
 def test_truncated_shard(ckpt: Path, tmp_path: Path, capsys) -> None:
@@ -158,9 +158,13 @@ def _limit_file_size() -> None:
 
 def test_disk_full_mid_write(ckpt: Path, tmp_path: Path) -> None:
     out = tmp_path / "out.gguf"
-    proc = subprocess.run([sys.executable, "-m", "q35local.cli", "quantize", str(ckpt), "-o", str(out),
-                           "--quant", "F32"], capture_output=True, text=True, preexec_fn=_limit_file_size,
-                          timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "q35local.cli", "quantize", str(ckpt), "-o", str(out), "--quant", "F32"],
+        capture_output=True,
+        text=True,
+        preexec_fn=_limit_file_size,
+        timeout=300,
+    )
     err = proc.stderr.strip()
     assert proc.returncode != 0
     assert err.count("\n") == 0 and "disk full" in err and str(out) in err, err

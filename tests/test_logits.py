@@ -41,8 +41,9 @@ def test_f32_matches_transformers(kind: str, moe_ckpt: Path, dense_ckpt: Path, i
 
 
 @pytest.mark.parametrize("quant,max_diff,min_top1,max_kld", LOOSER)
-def test_lower_precision_close(quant: str, max_diff: float, min_top1: float, max_kld: float,
-                               moe_ckpt: Path, ids: list[int]) -> None:
+def test_lower_precision_close(
+    quant: str, max_diff: float, min_top1: float, max_kld: float, moe_ckpt: Path, ids: list[int]
+) -> None:
     ref = hf_logits(moe_ckpt, ids)
     got = llama_logits(gguf_for(moe_ckpt, quant), ids)
     assert _check(ref, got, max_diff, min_top1, f"moe {quant}") <= max_kld

@@ -23,7 +23,7 @@ def _png(path: Path, seed: int, size: tuple[int, int] = (96, 64)) -> Path:
     img = np.stack([x * 255 // w, y * 255 // h, np.full_like(x, 128)], axis=-1).astype(np.uint8)
     r = np.random.default_rng(seed)
     x0, y0 = r.integers(0, w // 2), r.integers(0, h // 2)
-    img[y0:y0 + h // 3, x0:x0 + w // 3] = r.integers(0, 255, 3)
+    img[y0 : y0 + h // 3, x0 : x0 + w // 3] = r.integers(0, 255, 3)
     Image.fromarray(img).save(path)
     return path
 

@@ -24,8 +24,12 @@ def test_mtp_layer_loads_with_mtp_enabled(moe_ckpt: Path) -> None:
     assert r.get("qwen35moe.nextn_predict_layers") == 1
     n_layers = 4  # the tiny preset's main stack; MTP is block 4
     names = {t[0] for t in r.tensors}
-    assert {f"blk.{n_layers}.nextn.eh_proj.weight", f"blk.{n_layers}.nextn.enorm.weight",
-            f"blk.{n_layers}.ffn_gate_exps.weight", f"blk.{n_layers}.attn_q.weight"} <= names
+    assert {
+        f"blk.{n_layers}.nextn.eh_proj.weight",
+        f"blk.{n_layers}.nextn.enorm.weight",
+        f"blk.{n_layers}.ffn_gate_exps.weight",
+        f"blk.{n_layers}.attn_q.weight",
+    } <= names
 
     model = _load(gguf, mtp=True)
     try:

@@ -13,13 +13,27 @@ from quantize.gguf_file import read_gguf
 
 def test_split_loads_as_one_model(moe_ckpt: Path, tmp_path: Path) -> None:
     out = tmp_path / "split.gguf"
-    assert main(["quantize", str(moe_ckpt), "-o", str(out), "--quant", "Q8_0", "--split-max-size", "20M",
-                 "--no-mmproj"]) == 0
+    assert (
+        main(
+            [
+                "quantize",
+                str(moe_ckpt),
+                "-o",
+                str(out),
+                "--quant",
+                "Q8_0",
+                "--split-max-size",
+                "20M",
+                "--no-mmproj",
+            ]
+        )
+        == 0
+    )
     shards = sorted(tmp_path.glob("split-*-of-*.gguf"))
     assert len(shards) >= 2 and not out.exists()
     assert shards[0].name == f"split-00001-of-{len(shards):05d}.gguf"
     layouts = [read_gguf(s) for s in shards]
-    for i, (path, lay) in enumerate(zip(shards, layouts)):
+    for i, (path, lay) in enumerate(zip(shards, layouts, strict=True)):
         assert lay.get("split.no") == i and lay.get("split.count") == len(shards)
         data = path.stat().st_size - lay.data_start
         assert data <= 20_000_000 or len(lay.tensors) == 1  # a single tensor larger than the cap is allowed

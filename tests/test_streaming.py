@@ -13,8 +13,9 @@ from quantize.plan import OutType
 
 
 @pytest.mark.parametrize("quant", [OutType.F32, OutType.Q8_0])
-def test_streaming_phase_allocates_about_one_chunk(moe_ckpt: Path, tmp_path: Path, monkeypatch,
-                                                   quant: OutType) -> None:
+def test_streaming_phase_allocates_about_one_chunk(
+    moe_ckpt: Path, tmp_path: Path, monkeypatch, quant: OutType
+) -> None:
     monkeypatch.setattr(stream, "CHUNK_ELEMS", 1 << 16)  # 256 KiB of float32 rows
     base: dict[str, int] = {}
 
@@ -30,6 +31,8 @@ def test_streaming_phase_allocates_about_one_chunk(moe_ckpt: Path, tmp_path: Pat
         tracemalloc.stop()
     largest = max(t.nbytes for t in result.model.tensors)
     extra = peak - base["mem"]
-    print(f"\n{quant.value}: streaming peak {extra / 2**20:.1f} MiB; largest tensor {largest / 2**20:.1f} MiB")
+    print(
+        f"\n{quant.value}: streaming peak {extra / 2**20:.1f} MiB; largest tensor {largest / 2**20:.1f} MiB"
+    )
     assert largest > 15 * 2**20
     assert extra < 8 * 2**20

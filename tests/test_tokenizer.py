@@ -21,7 +21,7 @@ TEXTS = {
     "digits": "Pi is 3.14159265358979 and 1,000,000 + 2024 = 1002024",
     "whitespace": "a  b   c\t\td\n\n\ne    \n  \r\n end   ",
     "specials": "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<think>\nhmm\n</think>\n\nok"
-                "<|vision_start|><|image_pad|><|vision_end|><tool_call>{}</tool_call><|endoftext|>",
+    "<|vision_start|><|image_pad|><|vision_end|><tool_call>{}</tool_call><|endoftext|>",
     "mixed": "Ünïcödé café naïve — “quotes” ‘single’ … ½ ¾ Ω≈ç√∫",
 }
 

@@ -14,14 +14,31 @@ from quantize.synth import spec_for, write_checkpoint
 
 VARIANTS = {
     # linear attention: 3 value heads per key head; full attention: 8 query heads over 1 KV head
-    "ratio3-mqa": dict(linear_num_key_heads=2, linear_num_value_heads=6, num_attention_heads=8,
-                       num_key_value_heads=1, head_dim=32),
+    "ratio3-mqa": dict(
+        linear_num_key_heads=2,
+        linear_num_value_heads=6,
+        num_attention_heads=8,
+        num_key_value_heads=1,
+        head_dim=32,
+    ),
     # as many value heads as key heads (no V reorder), wider heads, rope over half the head
-    "ratio1-wide": dict(linear_num_key_heads=4, linear_num_value_heads=4, linear_key_head_dim=32,
-                        linear_value_head_dim=32, head_dim=64, partial_rotary_factor=0.5),
+    "ratio1-wide": dict(
+        linear_num_key_heads=4,
+        linear_num_value_heads=4,
+        linear_key_head_dim=32,
+        linear_value_head_dim=32,
+        head_dim=64,
+        partial_rotary_factor=0.5,
+    ),
     # a dense model with a different layer pattern and no vision tower or MTP head
-    "dense-interval2": dict(moe=False, num_hidden_layers=4, full_attention_interval=2, vision=None,
-                            mtp_num_hidden_layers=0, intermediate_size=96),
+    "dense-interval2": dict(
+        moe=False,
+        num_hidden_layers=4,
+        full_attention_interval=2,
+        vision=None,
+        mtp_num_hidden_layers=0,
+        intermediate_size=96,
+    ),
 }
 
 

@@ -75,11 +75,23 @@ PRESETS: dict[str, SynthSpec] = {
     "tiny-moe": SynthSpec(),
     "tiny-dense": SynthSpec(moe=False, name="q35-tiny-dense"),
     # ~1.3B parameters (most of them routed experts and the 248K-row embeddings) for benchmarks.
-    "bench-moe": SynthSpec(hidden_size=1024, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=2,
-                           head_dim=128, linear_num_key_heads=4, linear_num_value_heads=8,
-                           linear_key_head_dim=128, linear_value_head_dim=128, num_experts=64,
-                           num_experts_per_tok=4, moe_intermediate_size=512, shared_expert_intermediate_size=512,
-                           name="q35-bench-moe", shard_bytes=1 << 30),
+    "bench-moe": SynthSpec(
+        hidden_size=1024,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        head_dim=128,
+        linear_num_key_heads=4,
+        linear_num_value_heads=8,
+        linear_key_head_dim=128,
+        linear_value_head_dim=128,
+        num_experts=64,
+        num_experts_per_tok=4,
+        moe_intermediate_size=512,
+        shared_expert_intermediate_size=512,
+        name="q35-bench-moe",
+        shard_bytes=1 << 30,
+    ),
 }
 
 
@@ -96,30 +108,54 @@ def _mrope(spec: SynthSpec) -> list[int]:
 
 def text_config(spec: SynthSpec) -> dict:
     n = spec.num_hidden_layers
-    layer_types = ["linear_attention" if (i + 1) % spec.full_attention_interval else "full_attention"
-                   for i in range(n)]
+    layer_types = [
+        "linear_attention" if (i + 1) % spec.full_attention_interval else "full_attention" for i in range(n)
+    ]
     cfg: dict = {
-        "attention_bias": False, "attention_dropout": 0.0, "attn_output_gate": True,
-        "dtype": "bfloat16", "eos_token_id": 248044, "full_attention_interval": spec.full_attention_interval,
-        "head_dim": spec.head_dim, "hidden_act": "silu", "hidden_size": spec.hidden_size,
-        "initializer_range": 0.02, "layer_types": layer_types,
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "attn_output_gate": True,
+        "dtype": "bfloat16",
+        "eos_token_id": 248044,
+        "full_attention_interval": spec.full_attention_interval,
+        "head_dim": spec.head_dim,
+        "hidden_act": "silu",
+        "hidden_size": spec.hidden_size,
+        "initializer_range": 0.02,
+        "layer_types": layer_types,
         "linear_conv_kernel_dim": spec.linear_conv_kernel_dim,
-        "linear_key_head_dim": spec.linear_key_head_dim, "linear_num_key_heads": spec.linear_num_key_heads,
+        "linear_key_head_dim": spec.linear_key_head_dim,
+        "linear_num_key_heads": spec.linear_num_key_heads,
         "linear_num_value_heads": spec.linear_num_value_heads,
         "linear_value_head_dim": spec.linear_value_head_dim,
         "max_position_embeddings": spec.max_position_embeddings,
         "model_type": "qwen3_5_moe_text" if spec.moe else "qwen3_5_text",
-        "mtp_num_hidden_layers": spec.mtp_num_hidden_layers, "mtp_use_dedicated_embeddings": False,
-        "num_attention_heads": spec.num_attention_heads, "num_hidden_layers": n,
-        "num_key_value_heads": spec.num_key_value_heads, "rms_norm_eps": 1e-6, "use_cache": True,
+        "mtp_num_hidden_layers": spec.mtp_num_hidden_layers,
+        "mtp_use_dedicated_embeddings": False,
+        "num_attention_heads": spec.num_attention_heads,
+        "num_hidden_layers": n,
+        "num_key_value_heads": spec.num_key_value_heads,
+        "rms_norm_eps": 1e-6,
+        "use_cache": True,
         "vocab_size": tok.VOCAB_SIZE,
-        "rope_parameters": {"mrope_interleaved": True, "mrope_section": _mrope(spec), "rope_type": "default",
-                            "rope_theta": spec.rope_theta, "partial_rotary_factor": spec.partial_rotary_factor},
+        "rope_parameters": {
+            "mrope_interleaved": True,
+            "mrope_section": _mrope(spec),
+            "rope_type": "default",
+            "rope_theta": spec.rope_theta,
+            "partial_rotary_factor": spec.partial_rotary_factor,
+        },
     }
     if spec.moe:
-        cfg.update({"moe_intermediate_size": spec.moe_intermediate_size, "num_experts": spec.num_experts,
-                    "num_experts_per_tok": spec.num_experts_per_tok, "router_aux_loss_coef": 0.001,
-                    "shared_expert_intermediate_size": spec.shared_expert_intermediate_size})
+        cfg.update(
+            {
+                "moe_intermediate_size": spec.moe_intermediate_size,
+                "num_experts": spec.num_experts,
+                "num_experts_per_tok": spec.num_experts_per_tok,
+                "router_aux_loss_coef": 0.001,
+                "shared_expert_intermediate_size": spec.shared_expert_intermediate_size,
+            }
+        )
     else:
         cfg["intermediate_size"] = spec.intermediate_size
     return cfg
@@ -136,26 +172,46 @@ def config_json(spec: SynthSpec) -> dict:
         "text_config": text_config(spec),
         "tie_word_embeddings": False,
         "transformers_version": "5.0.0",
-        "image_token_id": sp["<|image_pad|>"], "video_token_id": sp["<|video_pad|>"],
-        "vision_start_token_id": sp["<|vision_start|>"], "vision_end_token_id": sp["<|vision_end|>"],
+        "image_token_id": sp["<|image_pad|>"],
+        "video_token_id": sp["<|video_pad|>"],
+        "vision_start_token_id": sp["<|vision_start|>"],
+        "vision_end_token_id": sp["<|vision_end|>"],
     }
     if spec.vision is not None:
         v = spec.vision
         cfg["vision_config"] = {
-            "deepstack_visual_indexes": [], "depth": v.depth, "hidden_act": "gelu_pytorch_tanh",
-            "hidden_size": v.hidden_size, "in_channels": v.in_channels, "initializer_range": 0.02,
-            "intermediate_size": v.intermediate_size, "model_type": cfg["model_type"], "num_heads": v.num_heads,
-            "num_position_embeddings": v.num_position_embeddings, "out_hidden_size": spec.hidden_size,
-            "patch_size": v.patch_size, "spatial_merge_size": v.spatial_merge_size,
+            "deepstack_visual_indexes": [],
+            "depth": v.depth,
+            "hidden_act": "gelu_pytorch_tanh",
+            "hidden_size": v.hidden_size,
+            "in_channels": v.in_channels,
+            "initializer_range": 0.02,
+            "intermediate_size": v.intermediate_size,
+            "model_type": cfg["model_type"],
+            "num_heads": v.num_heads,
+            "num_position_embeddings": v.num_position_embeddings,
+            "out_hidden_size": spec.hidden_size,
+            "patch_size": v.patch_size,
+            "spatial_merge_size": v.spatial_merge_size,
             "temporal_patch_size": v.temporal_patch_size,
         }
     if spec.dtype == "FP8":
         cfg["quantization_config"] = {
-            "activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
+            "activation_scheme": "dynamic",
+            "fmt": "e4m3",
+            "quant_method": "fp8",
             "weight_block_size": [128, 128],
-            "modules_to_not_convert": ["lm_head", "model.language_model.embed_tokens", "mlp.gate",
-                                       "mlp.shared_expert_gate", "linear_attn.in_proj_a",
-                                       "linear_attn.in_proj_b", "linear_attn.conv1d", "model.visual", "mtp.fc"],
+            "modules_to_not_convert": [
+                "lm_head",
+                "model.language_model.embed_tokens",
+                "mlp.gate",
+                "mlp.shared_expert_gate",
+                "linear_attn.in_proj_a",
+                "linear_attn.in_proj_b",
+                "linear_attn.conv1d",
+                "model.visual",
+                "mtp.fc",
+            ],
         }
     return cfg
 
@@ -164,6 +220,7 @@ def config_json(spec: SynthSpec) -> dict:
 # Tensor list: (name, shape, init kind). Kinds: "w" fan-in matrix, "wo" damped residual output,
 # "emb" embedding, "norm" zero-centred RMSNorm, "gnorm" plain gated norm, "a_log", "dt", "conv",
 # "bias", "ln_w"/"ln_b" LayerNorm.
+
 
 def text_tensors(spec: SynthSpec) -> Iterator[tuple[str, tuple[int, ...], str]]:
     h, v = spec.hidden_size, tok.VOCAB_SIZE
@@ -232,7 +289,11 @@ def vision_tensors(spec: SynthSpec) -> Iterator[tuple[str, tuple[int, ...], str]
     if v is None:
         return
     d, p = v.hidden_size, "model.visual."
-    yield f"{p}patch_embed.proj.weight", (d, v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size), "w"
+    yield (
+        f"{p}patch_embed.proj.weight",
+        (d, v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size),
+        "w",
+    )
     yield f"{p}patch_embed.proj.bias", (d,), "bias"
     yield f"{p}pos_embed.weight", (v.num_position_embeddings, d), "emb"
     for i in range(v.depth):
@@ -285,8 +346,17 @@ def init_tensor(spec: SynthSpec, name: str, shape: tuple[int, ...], kind: str) -
 
 
 def _fp8_eligible(name: str, shape: tuple[int, ...]) -> bool:
-    skip = ("embed_tokens", "lm_head", "mlp.gate.", "shared_expert_gate", "in_proj_a", "in_proj_b", "conv1d",
-            "model.visual", "mtp.fc")
+    skip = (
+        "embed_tokens",
+        "lm_head",
+        "mlp.gate.",
+        "shared_expert_gate",
+        "in_proj_a",
+        "in_proj_b",
+        "conv1d",
+        "model.visual",
+        "mtp.fc",
+    )
     return len(shape) == 2 and name.endswith(".weight") and not any(s in name for s in skip)
 
 
@@ -347,21 +417,45 @@ def write_checkpoint(out: str | Path, spec: SynthSpec) -> Path:
                 weight_map[nm] = fname
                 total += arr.nbytes
         write_safetensors(out / fname, tensors, {"format": "pt"})
-    (out / "model.safetensors.index.json").write_text(json.dumps(
-        {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    (out / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
+    )
     (out / "config.json").write_text(json.dumps(config_json(spec), indent=2))
-    (out / "generation_config.json").write_text(json.dumps({
-        "bos_token_id": 248044, "do_sample": True, "eos_token_id": [248046, 248044], "pad_token_id": 248044,
-        "temperature": 0.6, "top_k": 20, "top_p": 0.95}, indent=2))
+    (out / "generation_config.json").write_text(
+        json.dumps(
+            {
+                "bos_token_id": 248044,
+                "do_sample": True,
+                "eos_token_id": [248046, 248044],
+                "pad_token_id": 248044,
+                "temperature": 0.6,
+                "top_k": 20,
+                "top_p": 0.95,
+            },
+            indent=2,
+        )
+    )
     _write_tokenizer(out)
     if spec.vision is not None:
         v = spec.vision
-        (out / "preprocessor_config.json").write_text(json.dumps({
-            "image_processor_type": "Qwen2VLImageProcessorFast", "do_resize": True, "do_rescale": True,
-            "do_normalize": True, "do_convert_rgb": True, "image_mean": [0.5, 0.5, 0.5],
-            "image_std": [0.5, 0.5, 0.5], "merge_size": v.spatial_merge_size, "patch_size": v.patch_size,
-            "temporal_patch_size": v.temporal_patch_size,
-            "size": {"longest_edge": 16777216, "shortest_edge": 65536}}, indent=2))
+        (out / "preprocessor_config.json").write_text(
+            json.dumps(
+                {
+                    "image_processor_type": "Qwen2VLImageProcessorFast",
+                    "do_resize": True,
+                    "do_rescale": True,
+                    "do_normalize": True,
+                    "do_convert_rgb": True,
+                    "image_mean": [0.5, 0.5, 0.5],
+                    "image_std": [0.5, 0.5, 0.5],
+                    "merge_size": v.spatial_merge_size,
+                    "patch_size": v.patch_size,
+                    "temporal_patch_size": v.temporal_patch_size,
+                    "size": {"longest_edge": 16777216, "shortest_edge": 65536},
+                },
+                indent=2,
+            )
+        )
     (out / "q35-synth.json").write_text(json.dumps(asdict(spec), indent=2))
     return out
 
@@ -370,13 +464,36 @@ def _write_tokenizer(out: Path) -> None:
     shutil.copyfile(tok.cached_tokenizer_json(), out / "tokenizer.json")
     template = TEMPLATE.read_text(encoding="utf-8")
     sp = tok.specials()
-    added = {str(i): {"content": s, "lstrip": False, "normalized": False, "rstrip": False,
-                      "single_word": False, "special": s not in tok.NOT_SPECIAL} for s, i in sp.items()}
-    (out / "tokenizer_config.json").write_text(json.dumps({
-        "add_bos_token": False, "add_prefix_space": False, "added_tokens_decoder": added,
-        "bos_token": None, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
-        "errors": "replace", "model_max_length": 262144, "split_special_tokens": False,
-        "tokenizer_class": "Qwen2Tokenizer", "chat_template": template}, indent=2, ensure_ascii=False))
+    added = {
+        str(i): {
+            "content": s,
+            "lstrip": False,
+            "normalized": False,
+            "rstrip": False,
+            "single_word": False,
+            "special": s not in tok.NOT_SPECIAL,
+        }
+        for s, i in sp.items()
+    }
+    (out / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "add_bos_token": False,
+                "add_prefix_space": False,
+                "added_tokens_decoder": added,
+                "bos_token": None,
+                "eos_token": "<|im_end|>",
+                "pad_token": "<|endoftext|>",
+                "errors": "replace",
+                "model_max_length": 262144,
+                "split_special_tokens": False,
+                "tokenizer_class": "Qwen2Tokenizer",
+                "chat_template": template,
+            },
+            indent=2,
+            ensure_ascii=False,
+        )
+    )
     (out / "chat_template.jinja").write_text(template, encoding="utf-8")
 
 
