@@ -25,7 +25,7 @@ from .gguf_file import (
     read_gguf,
     temp_path,
 )
-from .metadata import general_kvs, hparams, size_label, tokenizer_kvs
+from .metadata import general_kvs, hparams, sampling_kvs, size_label, tokenizer_kvs
 from .mmproj import has_vision, mmproj_metadata, plan_mmproj
 from .plan import FILE_TYPE, OutTensor, OutType, plan_text
 from .stream import encoded_chunks
@@ -185,6 +185,7 @@ def _convert(
     kvs: list[KV] = [
         *general_kvs(cfg, name, FILE_TYPE[opts.quant], size_label(cfg, params, expert_params)),
         *hparams(cfg, opts.mtp),
+        *sampling_kvs(ckpt.path),
         *tokenizer_kvs(ckpt.path, cfg.vocab_size),
     ]
     infos = [TensorInfo(t.name, t.shape, t.ggml_type) for t in plan]
@@ -193,7 +194,7 @@ def _convert(
     if mm_path is not None:
         pre = ckpt.path / "preprocessor_config.json"
         preprocessor = json.loads(pre.read_text()) if pre.exists() else {}
-        mm_kvs = mmproj_metadata(ckpt, opts.quant, name, preprocessor)
+        mm_kvs = mmproj_metadata(ckpt, opts.quant, name, preprocessor) + sampling_kvs(ckpt.path)
         mm_shards = plan_shards(
             mm_path, mm_kvs, [TensorInfo(t.name, t.shape, t.ggml_type) for t in mm_plan], None
         )

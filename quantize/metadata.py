@@ -135,6 +135,7 @@ def tokenizer_kvs(ckpt: Path, vocab_size: int) -> list[KV]:
         if i is not None:
             kv.append(KV(f"tokenizer.ggml.{gguf_key}", V.UINT32, i))
     kv.append(KV("tokenizer.ggml.add_bos_token", V.BOOL, bool(tc.get("add_bos_token", False))))
+    kv.append(KV("tokenizer.ggml.add_eos_token", V.BOOL, bool(tc.get("add_eos_token", False))))
     template = tc.get("chat_template")
     jinja = ckpt / "chat_template.jinja"
     if jinja.exists():
@@ -142,6 +143,24 @@ def tokenizer_kvs(ckpt: Path, vocab_size: int) -> list[KV]:
     if isinstance(template, str) and template:
         kv.append(KV("tokenizer.chat_template", V.STRING, template))
     return kv
+
+
+def sampling_kvs(ckpt: Path) -> list[KV]:
+    """general.sampling.* from generation_config.json: the model's recommended sampler defaults."""
+    path = ckpt / "generation_config.json"
+    if not path.exists():
+        return []
+    gen = _read_json(path)
+    keys = (
+        ("top_k", "general.sampling.top_k", V.INT32, int),
+        ("top_p", "general.sampling.top_p", V.FLOAT32, float),
+        ("temperature", "general.sampling.temp", V.FLOAT32, float),
+    )
+    out = []
+    for src, key, vt, cast in keys:
+        if isinstance(gen.get(src), (int, float)):
+            out.append(KV(key, vt, cast(gen[src])))
+    return out
 
 
 def general_kvs(cfg: Qwen35Config, name: str, file_type: int, size_label: str) -> list[KV]:

@@ -145,6 +145,22 @@ class ShardSet:
         arr = np.frombuffer(self._map(t.path), dtype=np_dtype, count=t.numel, offset=t.begin)
         return arr.reshape(t.shape)
 
+    def drop(self, name: str, first_row: int, end_row: int) -> None:
+        """Tell the kernel we are done with rows [first_row, end_row) of a tensor (viewed as
+        [rows, last dim]): their pages leave our RSS (the page cache keeps them). Without this, every
+        byte read from a mapped shard would count towards the process's memory until unmapped."""
+        t = self.entries[name]
+        m = self._maps.get(t.path)
+        if m is None or not hasattr(m, "madvise"):
+            return
+        row = (t.nbytes // max(1, t.numel)) * (t.shape[-1] if t.shape else 1)
+        start, end = t.begin + first_row * row, min(t.end, t.begin + end_row * row)
+        page = mmap.PAGESIZE
+        start = -(-start // page) * page  # whole pages inside the range only
+        end = end // page * page
+        if end > start:
+            m.madvise(mmap.MADV_DONTNEED, start, end - start)
+
     def release(self, path: Path) -> None:
         """Unmap one shard (its pages leave our RSS)."""
         m = self._maps.pop(path, None)

@@ -48,13 +48,17 @@ def tensor_rows(
             r1 = min(n_rows, r0 + step)
             if len(e.shape) == 1:
                 x = to_f32(ckpt.shards.raw(part.hf), e.dtype).reshape(1, -1)
+            elif part.rows is None:
+                x = _rows_f32(ckpt, part.hf, slice(r0, r1))
+                ckpt.shards.drop(part.hf, r0, r1)
             else:
-                idx = part.rows[r0:r1] if part.rows is not None else slice(r0, r1)
-                x = _rows_f32(ckpt, part.hf, idx)
+                x = _rows_f32(ckpt, part.hf, part.rows[r0:r1])
             if tf.col_perm is not None:
                 x = x[:, tf.col_perm]
             x = apply_elementwise(x, tf.elementwise)
             yield pi, np.ascontiguousarray(x, dtype=np.float32)
+        if part.rows is not None:  # permuted or gathered rows: drop the tensor's pages once done
+            ckpt.shards.drop(part.hf, int(part.rows.min()), int(part.rows.max()) + 1)
 
 
 def encoded_chunks(ckpt: Checkpoint, t: OutTensor, imatrix: np.ndarray | None = None) -> Iterator[np.ndarray]:

@@ -215,6 +215,6 @@ def build_transform(names: tuple[str, ...], cfg: Qwen35Config) -> Transform:
 def apply_elementwise(x: np.ndarray, name: str | None) -> np.ndarray:
     if name == "norm_plus_one":
         return x + np.float32(1.0)
-    if name == "neg_exp":
-        return -np.exp(x)
+    if name == "neg_exp":  # in float64, so the float32 result is correctly rounded
+        return (-np.exp(x.astype(np.float64))).astype(np.float32)
     return x
