@@ -167,6 +167,8 @@ def print_summary(console: Console, r: ConvertResult, opts: ConvertOptions) -> N
                 markup=False,
                 highlight=False,
             )
+    for note in r.notes:
+        console.print(f"note    {note}", markup=False, highlight=False)
     total = r.model.nbytes + (r.mmproj.nbytes if r.mmproj else 0)
     console.print(
         f"done in {r.seconds:.1f} s ({total / 2**20 / max(r.seconds, 1e-9):,.0f} MiB/s written)",

@@ -203,11 +203,22 @@ def _convert(
     if on_plan:
         on_plan(sum(t.nbytes for t in plan + mm_plan), len(plan) + len(mm_plan))
     _write_file(ckpt, shards, plan, progress)
+    notes = []
+    if opts.mmproj is not None and not has_vision(ckpt):
+        notes.append("the checkpoint has no vision tower: no mmproj written")
+    if not opts.mtp and cfg.mtp_num_hidden_layers:
+        notes.append(f"MTP head dropped ({cfg.mtp_num_hidden_layers} layer(s), --no-mtp)")
+    if cfg.fp8_block:
+        notes.append(f"FP8 weights dequantized on the fly ({cfg.fp8_block[0]}x{cfg.fp8_block[1]} blocks)")
+    if not any(t.name == "output.weight" for t in plan):
+        notes.append("tied embeddings: llama.cpp uses token_embd as the output matrix")
     mm_report = None
     if mm_shards:
         _write_file(ckpt, mm_shards, mm_plan, progress)
         mm_report = FileReport([s.path for s in mm_shards], mm_plan)
-    return ConvertResult(FileReport([s.path for s in shards], plan), mm_report, time.perf_counter() - t0)
+    return ConvertResult(
+        FileReport([s.path for s in shards], plan), mm_report, time.perf_counter() - t0, notes
+    )
 
 
 def _numel(t: OutTensor) -> int:

@@ -31,6 +31,8 @@ VARIANTS = {
         partial_rotary_factor=0.5,
     ),
     # a dense model with a different layer pattern and no vision tower or MTP head
+    # tied embeddings (no lm_head), as the small Qwen 3.5 models ship
+    "tied": dict(tie_word_embeddings=True, vision=None),
     "dense-interval2": dict(
         moe=False,
         num_hidden_layers=4,

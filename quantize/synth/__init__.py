@@ -61,6 +61,7 @@ class SynthSpec:
     moe_intermediate_size: int = 32
     shared_expert_intermediate_size: int = 32
     mtp_num_hidden_layers: int = 1
+    tie_word_embeddings: bool = False  # the small Qwen 3.5 models share embeddings and output
     partial_rotary_factor: float = 0.25
     rope_theta: float = 10_000_000.0
     max_position_embeddings: int = 8192
@@ -138,6 +139,7 @@ def text_config(spec: SynthSpec) -> dict:
         "rms_norm_eps": 1e-6,
         "use_cache": True,
         "vocab_size": tok.VOCAB_SIZE,
+        "tie_word_embeddings": spec.tie_word_embeddings,
         "rope_parameters": {
             "mrope_interleaved": True,
             "mrope_section": _mrope(spec),
@@ -170,7 +172,7 @@ def config_json(spec: SynthSpec) -> dict:
         "architectures": [arch],
         "model_type": "qwen3_5_moe" if spec.moe else "qwen3_5",
         "text_config": text_config(spec),
-        "tie_word_embeddings": False,
+        "tie_word_embeddings": spec.tie_word_embeddings,
         "transformers_version": "5.0.0",
         "image_token_id": sp["<|image_pad|>"],
         "video_token_id": sp["<|video_pad|>"],
@@ -230,7 +232,8 @@ def text_tensors(spec: SynthSpec) -> Iterator[tuple[str, tuple[int, ...], str]]:
         kind = "linear" if (i + 1) % spec.full_attention_interval else "full"
         yield from _layer(spec, f"{p}layers.{i}.", kind)
     yield f"{p}norm.weight", (h,), "norm"
-    yield "lm_head.weight", (v, h), "w"
+    if not spec.tie_word_embeddings:
+        yield "lm_head.weight", (v, h), "w"
     for j in range(spec.mtp_num_hidden_layers):
         yield from _layer(spec, f"mtp.layers.{j}.", "full")
     if spec.mtp_num_hidden_layers:
