@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
+from .errors import InputError, read_json
 
 # HF architecture name -> (GGUF architecture, is MoE)
 ARCHITECTURES: dict[str, tuple[str, bool]] = {
@@ -123,12 +122,7 @@ def _need(d: dict[str, Any], key: str, path: Path, where: str = "text_config") -
 
 def load_config(ckpt: Path) -> Qwen35Config:
     path = ckpt / "config.json"
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(path, "no config.json: not a Hugging Face checkpoint folder") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(path, f"cannot parse config.json ({e})") from None
+    raw = read_json(path, "no config.json: not a Hugging Face checkpoint folder")
     archs = raw.get("architectures") or []
     known = [a for a in archs if a in ARCHITECTURES]
     if not known:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 
@@ -12,3 +13,16 @@ class InputError(Exception):
         self.path = None if path is None else str(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}" if self.path else problem)
+
+
+def read_json(path: Path, missing: str) -> dict:
+    """A JSON object from `path`, or an InputError naming the file (`missing` says why it is needed)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(path, missing) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(path, f"cannot parse ({e})") from None
+    if not isinstance(data, dict):
+        raise InputError(path, "not a JSON object")
+    return data

@@ -4,14 +4,13 @@ Pure functions of the config and the tokenizer files; nothing here reads weights
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 from gguf import GGUFValueType as V
 
 from .config import Qwen35Config
-from .errors import InputError
+from .errors import InputError, read_json
 from .gguf_file import KV
 
 # llama.cpp token types
@@ -62,15 +61,7 @@ def hparams(cfg: Qwen35Config, mtp: bool) -> list[KV]:
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(path, "missing (the tokenizer is needed to write a runnable GGUF)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(path, f"cannot parse ({e})") from None
-    if not isinstance(data, dict):
-        raise InputError(path, "not a JSON object")
-    return data
+    return read_json(path, "missing (the tokenizer is needed to write a runnable GGUF)")
 
 
 def _looks_special(s: str) -> bool:

@@ -106,11 +106,12 @@ class _Planner:
         self.tensors: list[OutTensor] = []
         self.mtp = mtp
 
-    def _expect(self, hf: str, shape: tuple[str, ...]) -> tuple[int, ...]:
+    def _expect(self, hf: str, shape: tuple[str, ...] | tuple[int, ...]) -> tuple[int, ...]:
+        """Check a stored tensor against the shape config.json implies (named dims or sizes)."""
         e = self.ckpt.entries.get(hf)
         if e is None:
             raise InputError(self.ckpt.path, f"tensor {hf!r} is missing from the checkpoint")
-        want = tuple(self.dims[d] for d in shape)
+        want = tuple(self.dims[d] if isinstance(d, str) else d for d in shape)
         if e.shape != want:
             raise InputError(
                 e.path, f"tensor {hf!r} has shape {list(e.shape)} but config.json implies {list(want)}"
@@ -183,34 +184,20 @@ class _Planner:
                 parts.append(Part(name))
             self.add(gguf, s, parts, (), n_experts=n)
             return
-        # transformers 5's fused layout
+        # transformers 5's fused layout: expert e's rows sit at e * stride + offset
+        ff, h = self.dims["moe_ff"], self.dims["hidden"]
         proj = hf.split(".")[-2]
-        d = self.dims
-        if proj in ("gate_proj", "up_proj"):
-            fused = prefix + FUSED_GATE_UP
-            e = self.ckpt.entries.get(fused)
-            want = (n, 2 * d["moe_ff"], d["hidden"])
-            if e is None:
-                raise InputError(self.ckpt.path, f"tensor {first!r} is missing from the checkpoint")
-            if e.shape != want:
-                raise InputError(e.path, f"tensor {fused!r} has shape {list(e.shape)}, expected {list(want)}")
-            self.used.add(fused)
-            ff = d["moe_ff"]
-            off = 0 if proj == "gate_proj" else ff
-            parts = [Part(fused, np.arange(ff) + e_ * 2 * ff + off) for e_ in range(n)]
-            self.add(gguf, (ff, d["hidden"]), parts, (), n_experts=n)
+        if proj == "down_proj":
+            fused, stored, stride, offset, out = prefix + FUSED_DOWN, (n, h, ff), h, 0, (h, ff)
         else:
-            fused = prefix + FUSED_DOWN
-            e = self.ckpt.entries.get(fused)
-            want = (n, d["hidden"], d["moe_ff"])
-            if e is None:
-                raise InputError(self.ckpt.path, f"tensor {first!r} is missing from the checkpoint")
-            if e.shape != want:
-                raise InputError(e.path, f"tensor {fused!r} has shape {list(e.shape)}, expected {list(want)}")
-            self.used.add(fused)
-            h = d["hidden"]
-            parts = [Part(fused, np.arange(h) + e_ * h) for e_ in range(n)]
-            self.add(gguf, (h, d["moe_ff"]), parts, (), n_experts=n)
+            offset = 0 if proj == "gate_proj" else ff
+            fused, stored, stride, out = prefix + FUSED_GATE_UP, (n, 2 * ff, h), 2 * ff, (ff, h)
+        if fused not in self.ckpt.entries:
+            raise InputError(self.ckpt.path, f"tensor {first!r} is missing from the checkpoint")
+        self._expect(fused, stored)
+        rows = out[0]
+        parts = [Part(fused, np.arange(rows) + e * stride + offset) for e in range(n)]
+        self.add(gguf, out, parts, (), n_experts=n)
 
     def run(self) -> list[OutTensor]:
         cfg, p = self.cfg, _hf_prefix(self.ckpt)
