@@ -19,7 +19,7 @@ from rich.progress import (
 from rich.table import Table
 
 from .convert import ConvertOptions, ConvertResult, convert, parse_size
-from .plan import OutType
+from .scheme import choices
 
 
 def add_quantize_parser(sub: argparse._SubParsersAction) -> None:
@@ -33,16 +33,19 @@ def add_quantize_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, help="output GGUF path")
     p.add_argument(
         "--quant",
-        default="Q8_0",
+        default=None,
         type=str.upper,
-        choices=[t.value for t in OutType],
-        help="output type (default Q8_0)",
+        choices=choices(),
+        metavar="QUANT",
+        help=f"output type or preset: {', '.join(choices())} (default Q8_0)",
     )
+    p.add_argument("--recipe", type=Path, help="your own recipe (TOML: ordered regex -> ggml type rules)")
     p.add_argument("--mmproj", type=Path, help="vision projector path (default: OUT.mmproj.gguf)")
     p.add_argument("--no-mmproj", action="store_true", help="do not write the vision projector")
     p.add_argument("--no-mtp", action="store_true", help="drop the multi-token-prediction head")
     p.add_argument("--split-max-size", type=str, help="write shards of at most this size, e.g. 50G")
     p.add_argument("--name", help="general.name in the GGUF (default: the checkpoint's name)")
+    p.add_argument("--threads", type=int, help="quantization threads (default: all cores)")
     p.set_defaults(func=run_quantize)
 
 
@@ -89,12 +92,14 @@ def run_quantize(args: argparse.Namespace) -> int:
     opts = ConvertOptions(
         checkpoint=args.checkpoint,
         output=args.output,
-        quant=OutType(args.quant),
+        quant=args.quant or "Q8_0",
+        recipe=args.recipe,
         mmproj=args.mmproj,
         write_mmproj=not args.no_mmproj,
         mtp=not args.no_mtp,
         split_max_size=split,
         name=args.name,
+        threads=args.threads,
     )
     columns = [
         TextColumn("{task.description}"),
@@ -141,7 +146,8 @@ def print_summary(console: Console, r: ConvertResult, opts: ConvertOptions) -> N
         rows[key][0] += 1
         rows[key][1] += n
         rows[key][2] += t.nbytes
-    table = Table(title=f"{opts.output.name}: {opts.quant.value}", title_justify="left")
+    label = opts.recipe.name if opts.recipe else opts.quant
+    table = Table(title=f"{opts.output.name}: {label}", title_justify="left")
     for col in ("class", "type", "tensors", "params", "MiB", "bits/weight"):
         table.add_column(col, justify="left" if col in ("class", "type") else "right")
     for (cls, ty), (cnt, n, b) in sorted(rows.items(), key=lambda kv: -kv[1][2]):

@@ -6,10 +6,13 @@ interrupt at any point removes the temporary files."""
 from __future__ import annotations
 
 import json
+import os
 import struct
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import groupby
 from pathlib import Path
 
 from .checkpoint import Checkpoint, open_checkpoint
@@ -27,8 +30,10 @@ from .gguf_file import (
 )
 from .metadata import general_kvs, hparams, sampling_kvs, size_label, tokenizer_kvs
 from .mmproj import has_vision, mmproj_metadata, plan_mmproj
-from .plan import FILE_TYPE, OutTensor, OutType, plan_text
-from .stream import encoded_chunks
+from .plan import OutTensor, plan_text
+from .recipes import apply_recipe
+from .scheme import resolve as resolve_scheme
+from .stream import encoded_stream
 
 # progress(bytes written since last call, tensor finished?, tensor name)
 Progress = Callable[[int, bool, str], None]
@@ -38,11 +43,13 @@ Progress = Callable[[int, bool, str], None]
 class ConvertOptions:
     checkpoint: Path
     output: Path
-    quant: OutType = OutType.Q8_0
+    quant: str = "Q8_0"  # a whole-file type or a preset (see quantize.scheme)
+    recipe: Path | None = None
     mmproj: Path | None = None  # None: OUT with .gguf -> .mmproj.gguf
     write_mmproj: bool = True
     mtp: bool = True
     split_max_size: int | None = None
+    threads: int | None = None  # quantization threads (default: all cores)
     name: str | None = None
 
 
@@ -89,32 +96,24 @@ def _model_name(ckpt: Checkpoint, override: str | None) -> str:
     return ckpt.path.resolve().name
 
 
-def _write_file(ckpt: Checkpoint, shards: list[Shard], plan: list[OutTensor], progress: Progress) -> None:
+def _write_file(
+    ckpt: Checkpoint, shards: list[Shard], plan: list[OutTensor], progress: Progress, pool: ThreadPoolExecutor
+) -> None:
     by_name = {t.name: t for t in plan}
-    # Unmap each input shard once the last tensor that reads it is written: RSS stays near one chunk.
-    last_use: dict[Path, int] = {}
-    order = [t for s in shards for t in (by_name[i.name] for i in s.tensors)]
-    for k, t in enumerate(order):
-        for p in t.parts:
-            last_use[ckpt.entries[p.hf].path] = k
-            sc = ckpt.entries.get(p.hf + "_scale_inv")
-            if sc is not None:
-                last_use[sc.path] = k
+    order = [by_name[i.name] for s in shards for i in s.tensors]
+    # read → transform (one thread) | encode (the pool) | write (here): the three overlap
+    chunks = groupby(encoded_stream(ckpt, order, pool), key=lambda kc: kc[0])
     writers: list[ShardWriter] = []
-    k = 0
     try:
         for s in shards:
             w = ShardWriter(s)
             writers.append(w)
             for info in s.tensors:
-                t = by_name[info.name]
-                for n in w.write_tensor(encoded_chunks(ckpt, t)):
-                    progress(n, False, t.name)
-                progress(0, True, t.name)
-                for path, last in last_use.items():
-                    if last == k:
-                        ckpt.shards.release(path)
-                k += 1
+                k, group = next(chunks)
+                assert order[k].name == info.name
+                for n in w.write_tensor(c for _, c in group):
+                    progress(n, False, info.name)
+                progress(0, True, info.name)
             w.commit()
         for s in shards:
             verify_file(s)
@@ -171,10 +170,12 @@ def _convert(
 ) -> ConvertResult:
     cfg = ckpt.config
     check_writable(opts.output)
-    plan = plan_text(ckpt, opts.quant, mtp=opts.mtp)
+    scheme = resolve_scheme(opts.quant, opts.recipe)
+    plan = plan_text(ckpt, scheme.out, mtp=opts.mtp)
+    notes = apply_recipe(plan, scheme.recipe, cfg.num_hidden_layers).notes() if scheme.recipe else []
     vision = opts.write_mmproj and has_vision(ckpt)
     mm_path = (opts.mmproj or default_mmproj_path(opts.output)) if vision else None
-    mm_plan = plan_mmproj(ckpt, opts.quant) if vision else []
+    mm_plan = plan_mmproj(ckpt, scheme.out) if vision else []
     if mm_path is not None:
         if mm_path.resolve() == opts.output.resolve():
             raise InputError(mm_path, "the mmproj path is the model's output path")
@@ -183,7 +184,7 @@ def _convert(
     params = sum(_numel(t) for t in plan)
     expert_params = sum(_numel(t) for t in plan if t.n_experts)
     kvs: list[KV] = [
-        *general_kvs(cfg, name, FILE_TYPE[opts.quant], size_label(cfg, params, expert_params)),
+        *general_kvs(cfg, name, scheme.file_type, size_label(cfg, params, expert_params)),
         *hparams(cfg, opts.mtp),
         *sampling_kvs(ckpt.path),
         *tokenizer_kvs(ckpt.path, cfg.vocab_size),
@@ -194,7 +195,7 @@ def _convert(
     if mm_path is not None:
         pre = ckpt.path / "preprocessor_config.json"
         preprocessor = json.loads(pre.read_text()) if pre.exists() else {}
-        mm_kvs = mmproj_metadata(ckpt, opts.quant, name, preprocessor) + sampling_kvs(ckpt.path)
+        mm_kvs = mmproj_metadata(ckpt, scheme.out, name, preprocessor) + sampling_kvs(ckpt.path)
         mm_shards = plan_shards(
             mm_path, mm_kvs, [TensorInfo(t.name, t.shape, t.ggml_type) for t in mm_plan], None
         )
@@ -202,8 +203,10 @@ def _convert(
         sh.header()  # encode headers (the vocabulary) up front: the streaming phase allocates only chunks
     if on_plan:
         on_plan(sum(t.nbytes for t in plan + mm_plan), len(plan) + len(mm_plan))
-    _write_file(ckpt, shards, plan, progress)
-    notes = []
+    with ThreadPoolExecutor(opts.threads or os.cpu_count() or 1) as pool:
+        _write_file(ckpt, shards, plan, progress, pool)
+        if mm_shards:
+            _write_file(ckpt, mm_shards, mm_plan, progress, pool)
     if opts.mmproj is not None and not has_vision(ckpt):
         notes.append("the checkpoint has no vision tower: no mmproj written")
     if not opts.mtp and cfg.mtp_num_hidden_layers:
@@ -214,7 +217,6 @@ def _convert(
         notes.append("tied embeddings: llama.cpp uses token_embd as the output matrix")
     mm_report = None
     if mm_shards:
-        _write_file(ckpt, mm_shards, mm_plan, progress)
         mm_report = FileReport([s.path for s in mm_shards], mm_plan)
     return ConvertResult(
         FileReport([s.path for s in shards], plan), mm_report, time.perf_counter() - t0, notes

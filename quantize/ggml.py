@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -68,8 +69,13 @@ def requires_imatrix(t: GGMLType) -> bool:
     return bool(_lib().ggml_quantize_requires_imatrix(int(t)))
 
 
-def encode(rows: np.ndarray, t: GGMLType, imatrix: np.ndarray | None = None) -> np.ndarray:
-    """Encode float32 rows [n_rows, n_per_row] as type t; returns the raw bytes as uint8."""
+def encode(
+    rows: np.ndarray, t: GGMLType, imatrix: np.ndarray | None = None, pool: ThreadPoolExecutor | None = None
+) -> np.ndarray:
+    """Encode float32 rows [n_rows, n_per_row] as type t; returns the raw bytes as uint8.
+
+    With a pool, row blocks are quantized on its threads (ctypes drops the GIL during the call);
+    each row's bytes depend only on that row, so the result is the same for any thread count."""
     x = np.ascontiguousarray(rows, dtype=np.float32)
     if t == GGMLType.F32:
         return x.reshape(-1).view(np.uint8)
@@ -84,7 +90,18 @@ def encode(rows: np.ndarray, t: GGMLType, imatrix: np.ndarray | None = None) -> 
         if imatrix.shape != (n_per_row,):
             raise ValueError(f"imatrix has shape {imatrix.shape}, expected ({n_per_row},)")
         im = imatrix.ctypes.data
-    written = lib.ggml_quantize_chunk(int(t), x.ctypes.data, out.ctypes.data, 0, nrows, n_per_row, im)
+
+    def run(r0: int, r1: int) -> int:
+        return lib.ggml_quantize_chunk(
+            int(t), x.ctypes.data, out.ctypes.data, r0 * n_per_row, r1 - r0, n_per_row, im
+        )
+
+    workers = pool._max_workers if pool is not None else 1
+    if workers > 1 and nrows >= 2 * workers and x.size >= 1 << 16:
+        step = -(-nrows // workers)
+        written = sum(pool.map(lambda r0: run(r0, min(nrows, r0 + step)), range(0, nrows, step)))  # type: ignore[union-attr]
+    else:
+        written = run(0, nrows)
     if written != out.size:
         raise RuntimeError(f"ggml_quantize_chunk wrote {written} bytes, expected {out.size}")
     return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 import numpy as np
 from gguf import GGMLQuantizationType as T
@@ -31,7 +31,7 @@ from .tensor_map import (
 )
 
 
-class OutType(str, Enum):
+class OutType(StrEnum):
     """The whole-file output types of the converter (issue: F32/F16/BF16/Q8_0)."""
 
     F32 = "F32"

@@ -6,7 +6,11 @@ memory-mapped and only the rows being converted are decoded."""
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import numpy as np
 
@@ -15,6 +19,8 @@ from .dtypes import fp8_block_dequant, to_f32
 from .ggml import encode
 from .plan import OutTensor
 from .tensor_map import apply_elementwise
+
+T_ = TypeVar("T_")
 
 CHUNK_ELEMS = 1 << 22  # 16 MiB of float32 per chunk
 
@@ -61,10 +67,83 @@ def tensor_rows(
             ckpt.shards.drop(part.hf, int(part.rows.min()), int(part.rows.max()) + 1)
 
 
-def encoded_chunks(ckpt: Checkpoint, t: OutTensor, imatrix: np.ndarray | None = None) -> Iterator[np.ndarray]:
+def encoded_stream(
+    ckpt: Checkpoint,
+    tensors: list[OutTensor],
+    pool: ThreadPoolExecutor | None = None,
+    imatrices: list[np.ndarray | None] | None = None,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """(tensor index, encoded bytes) for every chunk of every tensor, in order.
+
+    Reading and transforming run one chunk ahead on a thread of their own, encoding (on the pool)
+    one chunk ahead of the caller, who writes: disk, numpy and ggml work at the same time while at
+    most a few chunks are in flight."""
+
+    def rows() -> Iterator[tuple[int, int, np.ndarray]]:
+        for k, t in enumerate(tensors):
+            for pi, r in tensor_rows(ckpt, t):
+                yield k, pi, r
+
+    def encoded() -> Iterator[tuple[int, np.ndarray]]:
+        for k, pi, r in prefetch(rows(), 2):
+            im = imatrices[k] if imatrices else None
+            if im is not None:
+                im = im[pi if im.shape[0] > 1 else 0]
+            yield k, encode(r, tensors[k].ggml_type, im, pool)
+
+    yield from prefetch(encoded(), 2)
+
+
+class _Failed:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+def prefetch(it: Iterator[T_], depth: int) -> Iterator[T_]:
+    """Run an iterator on a background thread, `depth` items ahead; errors re-raise in the consumer."""
+    q: queue.Queue = queue.Queue(depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(x: object) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(x, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False  # the consumer has gone
+
+    def work() -> None:
+        try:
+            for x in it:
+                if not put(x):
+                    return
+            put(done)
+        except BaseException as e:  # handed to the consumer, re-raised there
+            put(_Failed(e))
+
+    th = threading.Thread(target=work, daemon=True)
+    th.start()
+    try:
+        while True:
+            x = q.get()
+            if x is done:
+                return
+            if isinstance(x, _Failed):
+                raise x.exc
+            yield x
+    finally:
+        stop.set()
+        th.join()
+
+
+def encoded_chunks(
+    ckpt: Checkpoint, t: OutTensor, imatrix: np.ndarray | None = None, pool: ThreadPoolExecutor | None = None
+) -> Iterator[np.ndarray]:
     """The tensor's bytes in its GGML type, chunk by chunk. `imatrix` is [n_parts or 1, n_per_row]."""
     for pi, rows in tensor_rows(ckpt, t):
         im = None
         if imatrix is not None:
             im = imatrix[pi if imatrix.shape[0] > 1 else 0]
-        yield encode(rows, t.ggml_type, im)
+        yield encode(rows, t.ggml_type, im, pool)
