@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from quantize.convert import ConvertOptions, convert
-from quantize.plan import OutType
 from quantize.synth import spec_for, write_checkpoint
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -45,6 +44,12 @@ def dense_ckpt(work: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def small_moe_ckpt(work: Path) -> Path:
+    """hidden 256: rows of whole K-quant blocks, for the quantization tests."""
+    return _ckpt(work, "small-moe", "small-moe", vision=None)
+
+
+@pytest.fixture(scope="session")
 def fp8_ckpt(work: Path) -> Path:
     return _ckpt(work, "tiny-moe-fp8", "tiny-moe", dtype="FP8")
 
@@ -57,7 +62,7 @@ def gguf_for(ckpt: Path, quant: str, mtp: bool = True) -> Path:
     key = (ckpt, quant, mtp)
     if key not in _built:
         out = ckpt.parent / f"{ckpt.name}-{quant}{'' if mtp else '-nomtp'}.gguf"
-        convert(ConvertOptions(checkpoint=ckpt, output=out, quant=OutType(quant), mtp=mtp))
+        convert(ConvertOptions(checkpoint=ckpt, output=out, quant=quant, mtp=mtp))
         _built[key] = out
     return _built[key]
 

@@ -75,6 +75,22 @@ class SynthSpec:
 PRESETS: dict[str, SynthSpec] = {
     "tiny-moe": SynthSpec(),
     "tiny-dense": SynthSpec(moe=False, name="q35-tiny-dense"),
+    # hidden 256 (rows of whole K-quant blocks), 16 experts: for quantization tests and quality runs
+    "small-moe": SynthSpec(
+        hidden_size=256,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=64,
+        linear_num_key_heads=2,
+        linear_num_value_heads=4,
+        linear_key_head_dim=64,
+        linear_value_head_dim=64,
+        num_experts=16,
+        num_experts_per_tok=4,
+        moe_intermediate_size=256,
+        shared_expert_intermediate_size=256,
+        name="q35-small-moe",
+    ),
     # ~1.3B parameters (most of them routed experts and the 248K-row embeddings) for benchmarks.
     "bench-moe": SynthSpec(
         hidden_size=1024,

@@ -1,0 +1,34 @@
+"""llama.cpp's own quantizer (`llama_model_quantize`, through llama-cpp-python): the baseline route
+and the byte-for-byte reference for our quantized tensors."""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+from llama_cpp import llama_cpp
+
+FTYPE = {"Q8_0": 7, "Q2_K": 10, "Q3_K_M": 12, "Q4_K_M": 15, "Q5_K_M": 17, "Q6_K": 18}
+
+
+def llama_quantize(
+    src: Path, dst: Path, ftype: str, nthread: int = 0, overrides: dict[str, int] | None = None
+) -> None:
+    """Quantize a GGUF file with llama.cpp. overrides: regex -> ggml type (first match wins)."""
+    p = llama_cpp.llama_model_quantize_default_params()
+    p.nthread = nthread
+    p.ftype = FTYPE[ftype]
+    keep = []
+    if overrides:
+        arr = (llama_cpp.llama_model_tensor_override * (len(overrides) + 1))()
+        for i, (pattern, ty) in enumerate(overrides.items()):
+            b = pattern.encode()
+            keep.append(b)
+            arr[i].pattern = b
+            arr[i].type = int(ty)
+        arr[len(overrides)].pattern = None
+        p.tt_overrides = ctypes.cast(arr, ctypes.POINTER(llama_cpp.llama_model_tensor_override))
+        keep.append(arr)
+    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(p))
+    if rc != 0:
+        raise RuntimeError(f"llama_model_quantize failed ({rc})")
