@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from rich.progress import (
 from rich.table import Table
 
 from .convert import ConvertOptions, ConvertResult, convert, parse_size
+from .plan import OutTensor
 from .scheme import choices
 
 
@@ -46,6 +48,12 @@ def add_quantize_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split-max-size", type=str, help="write shards of at most this size, e.g. 50G")
     p.add_argument("--name", help="general.name in the GGUF (default: the checkpoint's name)")
     p.add_argument("--threads", type=int, help="quantization threads (default: all cores)")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="plan only: per-class table and the exact output size, nothing read or written",
+    )
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.set_defaults(func=run_quantize)
 
 
@@ -129,55 +137,80 @@ def run_quantize(args: argparse.Namespace) -> int:
                 tensors=f"{state['done']}/{state['total']} tensors",
             )
 
-        result = convert(opts, progress, on_plan=on_plan)
-    print_summary(Console(), result, opts)
+        result = convert(opts, progress, on_plan=on_plan, dry_run=args.dry_run)
+    if args.json:
+        print(json.dumps(summary_json(result), indent=2))
+    else:
+        print_summary(Console(), result, dry_run=args.dry_run)
     return 0
 
 
-def print_summary(console: Console, r: ConvertResult, opts: ConvertOptions) -> None:
-    """One screen: per tensor class (type, count, params, bytes), files, time."""
+def class_rows(tensors: list[OutTensor]) -> list[dict]:
+    """Per tensor class and type: tensors, params, bytes; largest first. Vectors (norms, ssm_a,
+    ssm_dt, biases) are many tiny tensors and share one row, which keeps the table on one screen."""
     rows: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0, 0])
-    for t in r.model.tensors:
-        n = 1
-        for d in t.shape:
-            n *= d
-        # vectors (norms, ssm_a, ssm_dt, biases) are many tiny tensors: one row keeps it on one screen
+    for t in tensors:
         key = ("norms and other vectors" if len(t.shape) == 1 else t.cls, t.ggml_type.name)
         rows[key][0] += 1
-        rows[key][1] += n
+        rows[key][1] += t.numel
         rows[key][2] += t.nbytes
-    label = opts.recipe.name if opts.recipe else opts.quant
-    table = Table(title=f"{opts.output.name}: {label}", title_justify="left")
+    out = [
+        {"class": c, "type": ty, "tensors": n, "params": p, "bytes": b} for (c, ty), (n, p, b) in rows.items()
+    ]
+    return sorted(out, key=lambda r: -r["bytes"])
+
+
+def summary_json(r: ConvertResult) -> dict:
+    params = sum(t.numel for t in r.model.tensors)
+    return {
+        "scheme": r.label,
+        "output_bytes": r.model.nbytes,
+        "bits_per_weight": 8 * r.model.nbytes / params,
+        "params": params,
+        "files": [str(p) for p in r.model.paths],
+        "mmproj_bytes": r.mmproj.nbytes if r.mmproj else 0,
+        "classes": class_rows(r.model.tensors),
+        "notes": r.notes,
+    }
+
+
+def print_summary(console: Console, r: ConvertResult, dry_run: bool = False) -> None:
+    """One screen: per tensor class (type, count, params, bytes), files, time."""
+    rows = class_rows(r.model.tensors)
+    title = f"{r.model.paths[0].name}: {r.label}" + (" (dry run: nothing written)" if dry_run else "")
+    table = Table(title=title, title_justify="left")
     for col in ("class", "type", "tensors", "params", "MiB", "bits/weight"):
         table.add_column(col, justify="left" if col in ("class", "type") else "right")
-    for (cls, ty), (cnt, n, b) in sorted(rows.items(), key=lambda kv: -kv[1][2]):
-        table.add_row(cls, ty, str(cnt), f"{n:,}", f"{b / 2**20:,.1f}", f"{8 * b / n:.2f}")
-    params = sum(v[1] for v in rows.values())
-    nbytes = sum(v[2] for v in rows.values())
+    for row in rows:
+        n, b = row["params"], row["bytes"]
+        table.add_row(
+            row["class"], row["type"], str(row["tensors"]), f"{n:,}", f"{b / 2**20:,.1f}", f"{8 * b / n:.2f}"
+        )
+    params = sum(row["params"] for row in rows)
+    tensor_bytes = sum(row["bytes"] for row in rows)
     table.add_row(
         "total",
         "",
         str(len(r.model.tensors)),
         f"{params:,}",
-        f"{nbytes / 2**20:,.1f}",
-        f"{8 * nbytes / params:.2f}",
+        f"{tensor_bytes / 2**20:,.1f}",
+        f"{8 * tensor_bytes / params:.2f}",
         style="bold",
     )
     console.print(table)
-    for p in r.model.paths:
-        console.print(f"model   {p}  ({p.stat().st_size / 2**20:,.1f} MiB)", markup=False, highlight=False)
+
+    def line(text: str) -> None:
+        console.print(text, markup=False, highlight=False)
+
+    for sh in r.model.shards:
+        line(f"model   {sh.path}  ({sh.file_size():,} bytes, {sh.file_size() / 2**20:,.1f} MiB)")
     if r.mmproj:
-        for p in r.mmproj.paths:
-            console.print(
-                f"mmproj  {p}  ({p.stat().st_size / 2**20:,.1f} MiB, {len(r.mmproj.tensors)} tensors)",
-                markup=False,
-                highlight=False,
-            )
+        for sh in r.mmproj.shards:
+            line(f"mmproj  {sh.path}  ({sh.file_size() / 2**20:,.1f} MiB, {len(r.mmproj.tensors)} tensors)")
     for note in r.notes:
-        console.print(f"note    {note}", markup=False, highlight=False)
-    total = r.model.nbytes + (r.mmproj.nbytes if r.mmproj else 0)
-    console.print(
-        f"done in {r.seconds:.1f} s ({total / 2**20 / max(r.seconds, 1e-9):,.0f} MiB/s written)",
-        markup=False,
-        highlight=False,
-    )
+        line(f"note    {note}")
+    if dry_run:
+        line(f"planned in {r.seconds:.2f} s")
+    else:
+        total = r.model.nbytes + (r.mmproj.nbytes if r.mmproj else 0)
+        line(f"done in {r.seconds:.1f} s ({total / 2**20 / max(r.seconds, 1e-9):,.0f} MiB/s written)")

@@ -5,7 +5,6 @@ interrupt at any point removes the temporary files."""
 
 from __future__ import annotations
 
-import json
 import os
 import struct
 import time
@@ -16,7 +15,7 @@ from itertools import groupby
 from pathlib import Path
 
 from .checkpoint import Checkpoint, open_checkpoint
-from .errors import InputError
+from .errors import InputError, read_json
 from .gguf_file import (
     KV,
     Shard,
@@ -55,12 +54,17 @@ class ConvertOptions:
 
 @dataclass
 class FileReport:
-    paths: list[Path]
+    shards: list[Shard]
     tensors: list[OutTensor]
 
     @property
+    def paths(self) -> list[Path]:
+        return [s.path for s in self.shards]
+
+    @property
     def nbytes(self) -> int:
-        return sum(p.stat().st_size for p in self.paths)
+        """Exact size on disk (from the layout; equal to the files once written)."""
+        return sum(s.file_size() for s in self.shards)
 
 
 @dataclass
@@ -69,6 +73,7 @@ class ConvertResult:
     mmproj: FileReport | None
     seconds: float
     notes: list[str] = field(default_factory=list)
+    label: str = ""
 
 
 def default_mmproj_path(out: Path) -> Path:
@@ -145,31 +150,56 @@ def verify_file(s: Shard) -> None:
         raise InputError(s.path, f"file is {path.stat().st_size} bytes, expected {s.file_size()}")
 
 
+@dataclass
+class Prepared:
+    """Everything decided before a byte is written: types, files, headers."""
+
+    ckpt: Checkpoint
+    shards: list[Shard]
+    plan: list[OutTensor]
+    mm_shards: list[Shard]
+    mm_plan: list[OutTensor]
+    notes: list[str]
+    label: str
+
+    def report(self, seconds: float) -> ConvertResult:
+        mm = FileReport(self.mm_shards, self.mm_plan) if self.mm_shards else None
+        return ConvertResult(FileReport(self.shards, self.plan), mm, seconds, self.notes, self.label)
+
+
 def convert(
     opts: ConvertOptions,
     progress: Progress | None = None,
     *,
     on_plan: Callable[[int, int], None] | None = None,
+    dry_run: bool = False,
 ) -> ConvertResult:
-    """Run the whole conversion. on_plan(total_bytes, total_tensors) is called once before writing."""
+    """Run the whole conversion (or, with dry_run, only plan it: sizes from config.json and the
+    safetensors headers, no weight read, nothing written). on_plan(total_bytes, total_tensors) is
+    called once before writing."""
     progress = progress or (lambda n, done, name: None)
     t0 = time.perf_counter()
     ckpt = open_checkpoint(opts.checkpoint)
     try:
-        return _convert(ckpt, opts, progress, on_plan, t0)
+        prep = prepare(ckpt, opts, check_output=not dry_run)
+        if not dry_run:
+            for sh in prep.shards + prep.mm_shards:
+                sh.header()  # encode headers (the vocabulary) now: the streaming phase allocates only chunks
+            if on_plan:
+                on_plan(sum(t.nbytes for t in prep.plan + prep.mm_plan), len(prep.plan) + len(prep.mm_plan))
+            with ThreadPoolExecutor(opts.threads or os.cpu_count() or 1) as pool:
+                _write_file(ckpt, prep.shards, prep.plan, progress, pool)
+                if prep.mm_shards:
+                    _write_file(ckpt, prep.mm_shards, prep.mm_plan, progress, pool)
+        return prep.report(time.perf_counter() - t0)
     finally:
         ckpt.close()
 
 
-def _convert(
-    ckpt: Checkpoint,
-    opts: ConvertOptions,
-    progress: Progress,
-    on_plan: Callable[[int, int], None] | None,
-    t0: float,
-) -> ConvertResult:
+def prepare(ckpt: Checkpoint, opts: ConvertOptions, check_output: bool = True) -> Prepared:
     cfg = ckpt.config
-    check_writable(opts.output)
+    if check_output:
+        check_writable(opts.output)
     scheme = resolve_scheme(opts.quant, opts.recipe)
     plan = plan_text(ckpt, scheme.out, mtp=opts.mtp)
     notes = apply_recipe(plan, scheme.recipe, cfg.num_hidden_layers).notes() if scheme.recipe else []
@@ -179,10 +209,11 @@ def _convert(
     if mm_path is not None:
         if mm_path.resolve() == opts.output.resolve():
             raise InputError(mm_path, "the mmproj path is the model's output path")
-        check_writable(mm_path)
+        if check_output:
+            check_writable(mm_path)
     name = _model_name(ckpt, opts.name)
-    params = sum(_numel(t) for t in plan)
-    expert_params = sum(_numel(t) for t in plan if t.n_experts)
+    params = sum(t.numel for t in plan)
+    expert_params = sum(t.numel for t in plan if t.n_experts)
     kvs: list[KV] = [
         *general_kvs(cfg, name, scheme.file_type, size_label(cfg, params, expert_params)),
         *hparams(cfg, opts.mtp),
@@ -194,19 +225,10 @@ def _convert(
     mm_shards: list[Shard] = []
     if mm_path is not None:
         pre = ckpt.path / "preprocessor_config.json"
-        preprocessor = json.loads(pre.read_text()) if pre.exists() else {}
+        preprocessor = read_json(pre, "missing") if pre.exists() else {}
         mm_kvs = mmproj_metadata(ckpt, scheme.out, name, preprocessor) + sampling_kvs(ckpt.path)
-        mm_shards = plan_shards(
-            mm_path, mm_kvs, [TensorInfo(t.name, t.shape, t.ggml_type) for t in mm_plan], None
-        )
-    for sh in shards + mm_shards:
-        sh.header()  # encode headers (the vocabulary) up front: the streaming phase allocates only chunks
-    if on_plan:
-        on_plan(sum(t.nbytes for t in plan + mm_plan), len(plan) + len(mm_plan))
-    with ThreadPoolExecutor(opts.threads or os.cpu_count() or 1) as pool:
-        _write_file(ckpt, shards, plan, progress, pool)
-        if mm_shards:
-            _write_file(ckpt, mm_shards, mm_plan, progress, pool)
+        mm_infos = [TensorInfo(t.name, t.shape, t.ggml_type) for t in mm_plan]
+        mm_shards = plan_shards(mm_path, mm_kvs, mm_infos, None)
     if opts.mmproj is not None and not has_vision(ckpt):
         notes.append("the checkpoint has no vision tower: no mmproj written")
     if not opts.mtp and cfg.mtp_num_hidden_layers:
@@ -215,16 +237,4 @@ def _convert(
         notes.append(f"FP8 weights dequantized on the fly ({cfg.fp8_block[0]}x{cfg.fp8_block[1]} blocks)")
     if not any(t.name == "output.weight" for t in plan):
         notes.append("tied embeddings: llama.cpp uses token_embd as the output matrix")
-    mm_report = None
-    if mm_shards:
-        mm_report = FileReport([s.path for s in mm_shards], mm_plan)
-    return ConvertResult(
-        FileReport([s.path for s in shards], plan), mm_report, time.perf_counter() - t0, notes
-    )
-
-
-def _numel(t: OutTensor) -> int:
-    n = 1
-    for d in t.shape:
-        n *= d
-    return n
+    return Prepared(ckpt, shards, plan, mm_shards, mm_plan, notes, scheme.label)

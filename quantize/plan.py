@@ -69,6 +69,13 @@ class OutTensor:
         return tensor_bytes(self.ggml_type, self.shape)
 
     @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    @property
     def cls(self) -> str:
         """Tensor class for summaries: the name without block index and suffix."""
         return re.sub(r"^blk\.\d+\.", "", self.name).removesuffix(".weight").removesuffix(".bias")

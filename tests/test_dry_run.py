@@ -1,0 +1,47 @@
+"""--dry-run: the per-class table and the exact output size, from headers only, nothing written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from q35local.cli import main
+
+
+@pytest.mark.parametrize("quant", ["Q4_K_XL", "Q8_0"])
+def test_dry_run_size_is_exact(small_moe_ckpt: Path, tmp_path: Path, capsys, quant: str) -> None:
+    out = tmp_path / "m.gguf"
+    assert (
+        main(["quantize", str(small_moe_ckpt), "-o", str(out), "--quant", quant, "--dry-run", "--json"]) == 0
+    )
+    planned = json.loads(capsys.readouterr().out)
+    assert list(tmp_path.iterdir()) == []  # nothing written
+    assert {"output_bytes", "bits_per_weight", "classes"} <= set(planned)
+    assert all(set(c) == {"class", "type", "tensors", "params", "bytes"} for c in planned["classes"])
+    assert sum(c["params"] for c in planned["classes"]) == planned["params"]
+    assert main(["quantize", str(small_moe_ckpt), "-o", str(out), "--quant", quant]) == 0
+    capsys.readouterr()
+    assert out.stat().st_size == planned["output_bytes"]
+    assert planned["bits_per_weight"] == pytest.approx(8 * out.stat().st_size / planned["params"])
+
+
+def test_dry_run_table(small_moe_ckpt: Path, tmp_path: Path, capsys) -> None:
+    assert (
+        main(
+            [
+                "quantize",
+                str(small_moe_ckpt),
+                "-o",
+                str(tmp_path / "m.gguf"),
+                "--quant",
+                "Q3_K_XL",
+                "--dry-run",
+            ]
+        )
+        == 0
+    )
+    text = capsys.readouterr().out
+    assert "dry run: nothing written" in text and "ffn_up_exps" in text and "Q3_K" in text
+    assert list(tmp_path.iterdir()) == []
