@@ -29,9 +29,10 @@ from .gguf_file import (
 )
 from .metadata import general_kvs, hparams, sampling_kvs, size_label, tokenizer_kvs
 from .mmproj import has_vision, mmproj_metadata, plan_mmproj
-from .plan import OutTensor, plan_text
+from .plan import OutTensor, n_blocks, plan_text
 from .recipes import apply_recipe
 from .scheme import resolve as resolve_scheme
+from .stock import apply_stock
 from .stream import encoded_stream
 
 # progress(bytes written since last call, tensor finished?, tensor name)
@@ -203,6 +204,8 @@ def prepare(ckpt: Checkpoint, opts: ConvertOptions, check_output: bool = True) -
     scheme = resolve_scheme(opts.quant, opts.recipe)
     plan = plan_text(ckpt, scheme.out, mtp=opts.mtp)
     notes = apply_recipe(plan, scheme.recipe, cfg.num_hidden_layers).notes() if scheme.recipe else []
+    if scheme.stock:
+        apply_stock(plan, scheme.stock, cfg, n_blocks(cfg, opts.mtp))
     vision = opts.write_mmproj and has_vision(ckpt)
     mm_path = (opts.mmproj or default_mmproj_path(opts.output)) if vision else None
     mm_plan = plan_mmproj(ckpt, scheme.out) if vision else []

@@ -32,18 +32,10 @@ def never_quantized(t: OutTensor) -> bool:
     return len(t.shape) == 1 or not t.name.endswith(".weight") or bool(NEVER_QUANTIZED.search(t.name))
 
 
-# llama.cpp's fallback when ne0 is not a multiple of the type's block (llama-quant.cpp).
+# llama.cpp's fallback when ne0 is not a multiple of the type's block (tensor_type_fallback).
 _FALLBACK = {
-    T.Q2_K: T.Q4_0,
-    T.Q3_K: T.Q4_0,
-    T.IQ4_XS: T.IQ4_NL,
-    T.IQ2_XXS: T.Q4_0,
-    T.IQ2_XS: T.Q4_0,
-    T.IQ2_S: T.Q4_0,
-    T.IQ3_XXS: T.Q4_0,
-    T.IQ3_S: T.Q4_0,
-    T.IQ1_S: T.Q4_0,
-    T.IQ1_M: T.Q4_0,
+    **dict.fromkeys((T.IQ1_S, T.IQ1_M, T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ3_XXS, T.IQ3_S, T.IQ4_XS), T.IQ4_NL),
+    **dict.fromkeys((T.Q2_K, T.Q3_K, T.TQ1_0, T.TQ2_0), T.Q4_0),
     T.Q4_K: T.Q5_0,
     T.Q5_K: T.Q5_1,
     T.Q6_K: T.Q8_0,
@@ -51,12 +43,11 @@ _FALLBACK = {
 
 
 def shape_fallback(t: T, ne0: int) -> T:
+    """The type llama.cpp writes when `t` wants rows of whole blocks and ne0 is not one."""
     if ne0 % GGML_QUANT_SIZES[t][0] == 0:
         return t
-    f = _FALLBACK.get(t, T.F16)
-    if ne0 % GGML_QUANT_SIZES[f][0]:
-        return T.F16
-    return f
+    f = _FALLBACK.get(t, t if GGML_QUANT_SIZES[t][0] <= 32 else T.F16)
+    return T.F16 if ne0 % GGML_QUANT_SIZES[f][0] else f
 
 
 @dataclass(frozen=True)

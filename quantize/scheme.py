@@ -8,6 +8,7 @@ from pathlib import Path
 from .errors import InputError
 from .plan import FILE_TYPE, OutType
 from .recipes import Recipe, load_preset, load_recipe, preset_names
+from .stock import STOCK
 
 WHOLE_FILE = [t.value for t in OutType]  # as llama.cpp's converter writes them
 
@@ -18,10 +19,11 @@ class Scheme:
     out: OutType  # the planner's whole-file type (and the mmproj's); a recipe then retypes tensors
     recipe: Recipe | None
     file_type: int
+    stock: str | None = None  # one of llama.cpp's own mixtures
 
 
 def choices() -> list[str]:
-    return WHOLE_FILE + preset_names()
+    return WHOLE_FILE + preset_names() + list(STOCK)
 
 
 def resolve(quant: str | None, recipe_path: Path | None) -> Scheme:
@@ -35,4 +37,6 @@ def resolve(quant: str | None, recipe_path: Path | None) -> Scheme:
     if quant in preset_names():
         r = load_preset(quant)
         return Scheme(quant, OutType.Q8_0, r, r.file_type)
+    if quant in STOCK:
+        return Scheme(quant, OutType.F32, None, STOCK[quant][0], stock=quant)
     raise InputError(None, f"unknown --quant {quant!r}; choose from {', '.join(choices())}")
