@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.setup-done
 DEMO   := demo
 
-.PHONY: setup test demo bench lint clean
+.PHONY: setup test demo bench bench-quality lint clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,10 @@ demo: setup
 
 bench: setup
 	$(BIN)/python -m bench.convert
+
+# slow (tens of minutes on 2 cores): the README's quality table
+bench-quality: setup
+	$(BIN)/python -m bench.quality
 
 lint: setup
 	$(BIN)/ruff check q35local quantize tests bench
