@@ -1,8 +1,10 @@
-"""`make bench`: our one-pass converter against llama.cpp's own converter, same checkpoint, same run.
+"""`make bench`: q35's one pass against llama.cpp's own route, same checkpoint, same run.
 
-Prints wall time and peak RSS of each and their ratios. The checkpoint is the generated ~1.5B MoE
-(hidden 1024, 8 layers, 64 experts of 512, the real 248K vocabulary), made once under .cache/bench.
-"""
+- BF16: `convert_hf_to_gguf.py --outtype bf16` vs `q35 quantize --quant BF16`.
+- Q4_K_M: llama.cpp's two steps (convert to a BF16 GGUF, then `llama_model_quantize` to Q4_K_M, all
+  cores) vs `q35 quantize --quant Q4_K_M` (the same tensor types and bytes, in one pass).
+Prints wall time, peak RSS and extra disk of each, and the ratios q35 / llama.cpp. The checkpoint is
+the generated ~1.5B MoE (hidden 1024, 8 layers, 64 experts of 512, the real 248K vocabulary)."""
 
 from __future__ import annotations
 
@@ -24,54 +26,66 @@ def measure(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, i
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
         err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-        raise SystemExit(f"bench: {' '.join(cmd[:3])} failed ({proc.returncode}):\n{err[-2000:]}")
+        raise SystemExit(f"bench: {' '.join(cmd[:3])} failed ({code}):\n{err[-2000:]}")
     return wall, usage.ru_maxrss * 1024
+
+
+def row(label: str, theirs: tuple[float, int, int], ours: tuple[float, int, int]) -> None:
+    (t1, r1, d1), (t2, r2, d2) = theirs, ours
+    print(
+        f"| {label} | {t1:.1f} s, {r1 / 2**30:.2f} GiB, +{d1 / 1e9:.2f} GB | {t2:.1f} s, {r2 / 2**30:.2f} GiB, "
+        f"+{d2 / 1e9:.2f} GB | {t2 / t1:.2f}x | {r2 / r1:.2f}x |",
+        flush=True,
+    )
 
 
 def main() -> int:
     WORK.mkdir(parents=True, exist_ok=True)
     ckpt = WORK / "bench-moe"
-    q35 = [sys.executable, "-m", "q35local.cli"]
+    py = sys.executable
+    q35 = [py, "-m", "q35local.cli"]
     if not (ckpt / "config.json").exists():
         print("generating the benchmark checkpoint (once)...", flush=True)
         subprocess.run([*q35, "make-tiny", str(ckpt), "--preset", "bench-moe", "--no-vision"], check=True)
     ref = converter_dir()
     env = {**os.environ, "PYTHONPATH": str(ref / "gguf-py")}
+    convert = [py, str(ref / "convert_hf_to_gguf.py"), str(ckpt), "--outtype", "bf16", "--outfile"]
     size = sum(f.stat().st_size for f in ckpt.glob("*.safetensors"))
-    print(f"checkpoint: {ckpt} ({size / 1e9:.2f} GB BF16 safetensors), {os.cpu_count()} CPUs\n")
+    print(f"checkpoint: {ckpt.name}, {size / 1e9:.2f} GB of BF16 safetensors; {os.cpu_count()} CPUs\n")
+    print("| output | llama.cpp (time, peak RSS, extra disk) | q35 quantize | time ratio | RSS ratio |")
+    print("|---|---|---|---|---|")
+
+    bf16_ref, bf16_ours = WORK / "ref-BF16.gguf", WORK / "q35-BF16.gguf"
+    t_ref, rss_ref = measure([*convert, str(bf16_ref)], env)
+    t_ours, rss_ours = measure([*q35, "quantize", str(ckpt), "-o", str(bf16_ours), "--quant", "BF16"])
+    row("BF16", (t_ref, rss_ref, 0), (t_ours, rss_ours, 0))
+    bf16_ours.unlink()
+
+    # llama.cpp's two steps: the BF16 GGUF above is its intermediate file
+    q_ref, q_ours = WORK / "ref-Q4_K_M.gguf", WORK / "q35-Q4_K_M.gguf"
+    quant = [
+        py,
+        "-c",
+        "import sys; from bench.llamaquant import llama_quantize as q; q(sys.argv[1], sys.argv[2], 'Q4_K_M')",
+        str(bf16_ref),
+        str(q_ref),
+    ]
+    t_q, rss_q = measure(quant)
+    intermediate = bf16_ref.stat().st_size
+    t_ours, rss_ours = measure([*q35, "quantize", str(ckpt), "-o", str(q_ours), "--quant", "Q4_K_M"])
+    same = q_ref.stat().st_size == q_ours.stat().st_size
+    row("Q4_K_M", (t_ref + t_q, max(rss_ref, rss_q), intermediate), (t_ours, rss_ours, 0))
     print(
-        f"{'output':6}  {'llama.cpp convert_hf_to_gguf':>30}  {'q35 quantize':>22}  {'time ratio':>10}  "
-        f"{'RSS ratio':>9}"
+        f"\nllama.cpp's Q4_K_M route = convert ({t_ref:.1f} s) + quantize ({t_q:.1f} s), with a "
+        f"{intermediate / 1e9:.2f} GB intermediate BF16 file; q35 writes no intermediate file."
     )
-    for outtype in ("BF16", "Q8_0"):
-        theirs_out, ours_out = WORK / f"ref-{outtype}.gguf", WORK / f"q35-{outtype}.gguf"
-        t_ref, rss_ref = measure(
-            [
-                sys.executable,
-                str(ref / "convert_hf_to_gguf.py"),
-                str(ckpt),
-                "--outfile",
-                str(theirs_out),
-                "--outtype",
-                outtype.lower(),
-            ],
-            env,
-        )
-        t_ours, rss_ours = measure([*q35, "quantize", str(ckpt), "-o", str(ours_out), "--quant", outtype])
-        print(
-            f"{outtype:6}  {t_ref:9.1f} s {rss_ref / 2**30:9.2f} GiB RSS  {t_ours:6.1f} s "
-            f"{rss_ours / 2**30:5.2f} GiB  {t_ours / t_ref:9.2f}x  {rss_ours / rss_ref:8.2f}x",
-            flush=True,
-        )
-        for p in (theirs_out, ours_out):
-            p.unlink(missing_ok=True)
-    print(
-        "\nratios are q35 / llama.cpp (lower is better); both write the same tensors (tests/"
-        "test_reference_converter.py)"
-    )
+    print(f"both Q4_K_M files are {q_ours.stat().st_size:,} bytes" if same else "Q4_K_M sizes differ!")
+    for p in (bf16_ref, q_ref, q_ours):
+        p.unlink(missing_ok=True)
+    print("ratios are q35 / llama.cpp (lower is better)")
     return 0
 
 

@@ -124,10 +124,30 @@ def _write_file(
         for s in shards:
             verify_file(s)
         publish(shards)
+        try:
+            verify_in_llama_cpp(shards[0])
+        except BaseException:
+            for s in shards:
+                s.path.unlink(missing_ok=True)
+            raise
     except BaseException:
         for w in writers:
             w.abort()
         raise
+
+
+def verify_in_llama_cpp(s: Shard) -> None:
+    """llama.cpp itself reads the metadata (hparams, vocabulary, splits) of the published file."""
+    if s.kvs and s.kvs[0].value == "clip":
+        return  # mmproj files are read by mtmd, not the model loader
+    from llama_cpp import llama_cpp
+
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    model = llama_cpp.llama_model_load_from_file(str(s.path).encode(), params)
+    if not model:
+        raise InputError(s.path, "llama.cpp cannot load the written file's metadata")
+    llama_cpp.llama_model_free(model)
 
 
 def verify_file(s: Shard) -> None:
