@@ -34,12 +34,11 @@ def measure(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, i
 
 
 def row(label: str, theirs: tuple[float, int, int], ours: tuple[float, int, int]) -> None:
-    (t1, r1, d1), (t2, r2, d2) = theirs, ours
-    print(
-        f"| {label} | {t1:.1f} s, {r1 / 2**30:.2f} GiB, +{d1 / 1e9:.2f} GB | {t2:.1f} s, {r2 / 2**30:.2f} GiB, "
-        f"+{d2 / 1e9:.2f} GB | {t2 / t1:.2f}x | {r2 / r1:.2f}x |",
-        flush=True,
-    )
+    def cell(t: float, rss: int, disk: int) -> str:
+        return f"{t:.1f} s, {rss / 2**30:.2f} GiB, +{disk / 1e9:.2f} GB"
+
+    ratios = f"{ours[0] / theirs[0]:.2f}x | {ours[1] / theirs[1]:.2f}x"
+    print(f"| {label} | {cell(*theirs)} | {cell(*ours)} | {ratios} |", flush=True)
 
 
 def main() -> int:
