@@ -6,19 +6,38 @@ from __future__ import annotations
 import ctypes
 from pathlib import Path
 
+import numpy as np
 from llama_cpp import llama_cpp
 
 FTYPE = {"Q8_0": 7, "Q2_K": 10, "Q3_K_M": 12, "Q4_K_M": 15, "Q5_K_M": 17, "Q6_K": 18}
 
 
 def llama_quantize(
-    src: Path, dst: Path, ftype: str, nthread: int = 0, overrides: dict[str, int] | None = None
+    src: Path,
+    dst: Path,
+    ftype: str,
+    nthread: int = 0,
+    overrides: dict[str, int] | None = None,
+    imatrix: dict[str, np.ndarray] | None = None,
 ) -> None:
-    """Quantize a GGUF file with llama.cpp. overrides: regex -> ggml type (first match wins)."""
+    """Quantize a GGUF file with llama.cpp. overrides: regex -> ggml type (first match wins);
+    imatrix: tensor name -> importance (ne0 or ne0 * n_expert values, as llama-quantize passes it)."""
     p = llama_cpp.llama_model_quantize_default_params()
     p.nthread = nthread
     p.ftype = FTYPE[ftype]
-    keep = []
+    keep: list = []
+    if imatrix:
+        arr_im = (llama_cpp.llama_model_imatrix_data * (len(imatrix) + 1))()
+        for i, (name, values) in enumerate(imatrix.items()):
+            v = np.ascontiguousarray(values, dtype=np.float32).reshape(-1)
+            b = name.encode()
+            keep += [v, b]
+            arr_im[i].name = b
+            arr_im[i].data = v.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+            arr_im[i].size = v.size
+        arr_im[len(imatrix)].name = None
+        p.imatrix = ctypes.cast(arr_im, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
+        keep.append(arr_im)
     if overrides:
         arr = (llama_cpp.llama_model_tensor_override * (len(overrides) + 1))()
         for i, (pattern, ty) in enumerate(overrides.items()):

@@ -42,6 +42,7 @@ def add_quantize_parser(sub: argparse._SubParsersAction) -> None:
         help=f"output type or preset: {', '.join(choices())} (default Q8_0)",
     )
     p.add_argument("--recipe", type=Path, help="your own recipe (TOML: ordered regex -> ggml type rules)")
+    p.add_argument("--imatrix", type=Path, help="llama.cpp importance matrix (GGUF or legacy .dat)")
     p.add_argument("--mmproj", type=Path, help="vision projector path (default: OUT.mmproj.gguf)")
     p.add_argument("--no-mmproj", action="store_true", help="do not write the vision projector")
     p.add_argument("--no-mtp", action="store_true", help="drop the multi-token-prediction head")
@@ -108,6 +109,7 @@ def run_quantize(args: argparse.Namespace) -> int:
         split_max_size=split,
         name=args.name,
         threads=args.threads,
+        imatrix=args.imatrix,
     )
     columns = [
         TextColumn("{task.description}"),

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from itertools import groupby
 from pathlib import Path
 
+import numpy as np
+
 from .checkpoint import Checkpoint, open_checkpoint
 from .errors import InputError, read_json
 from .gguf_file import (
@@ -27,6 +29,7 @@ from .gguf_file import (
     read_gguf,
     temp_path,
 )
+from .imatrix import importance_for, load_imatrix
 from .metadata import general_kvs, hparams, sampling_kvs, size_label, tokenizer_kvs
 from .mmproj import has_vision, mmproj_metadata, plan_mmproj
 from .plan import OutTensor, n_blocks, plan_text
@@ -50,6 +53,7 @@ class ConvertOptions:
     mtp: bool = True
     split_max_size: int | None = None
     threads: int | None = None  # quantization threads (default: all cores)
+    imatrix: Path | None = None  # llama.cpp importance matrix (GGUF or legacy .dat)
     name: str | None = None
 
 
@@ -103,12 +107,19 @@ def _model_name(ckpt: Checkpoint, override: str | None) -> str:
 
 
 def _write_file(
-    ckpt: Checkpoint, shards: list[Shard], plan: list[OutTensor], progress: Progress, pool: ThreadPoolExecutor
+    ckpt: Checkpoint,
+    shards: list[Shard],
+    plan: list[OutTensor],
+    progress: Progress,
+    pool: ThreadPoolExecutor,
+    importance: list[np.ndarray | None] | None = None,
 ) -> None:
-    by_name = {t.name: t for t in plan}
-    order = [by_name[i.name] for s in shards for i in s.tensors]
+    index = {t.name: k for k, t in enumerate(plan)}
+    ks = [index[i.name] for s in shards for i in s.tensors]
+    order = [plan[k] for k in ks]
+    imatrices = [importance[k] for k in ks] if importance else None
     # read → transform (one thread) | encode (the pool) | write (here): the three overlap
-    chunks = groupby(encoded_stream(ckpt, order, pool), key=lambda kc: kc[0])
+    chunks = groupby(encoded_stream(ckpt, order, pool, imatrices), key=lambda kc: kc[0])
     writers: list[ShardWriter] = []
     try:
         for s in shards:
@@ -182,6 +193,7 @@ class Prepared:
     mm_plan: list[OutTensor]
     notes: list[str]
     label: str
+    importance: list[np.ndarray | None]
 
     def report(self, seconds: float) -> ConvertResult:
         mm = FileReport(self.mm_shards, self.mm_plan) if self.mm_shards else None
@@ -209,7 +221,7 @@ def convert(
             if on_plan:
                 on_plan(sum(t.nbytes for t in prep.plan + prep.mm_plan), len(prep.plan) + len(prep.mm_plan))
             with ThreadPoolExecutor(opts.threads or os.cpu_count() or 1) as pool:
-                _write_file(ckpt, prep.shards, prep.plan, progress, pool)
+                _write_file(ckpt, prep.shards, prep.plan, progress, pool, prep.importance)
                 if prep.mm_shards:
                     _write_file(ckpt, prep.mm_shards, prep.mm_plan, progress, pool)
         return prep.report(time.perf_counter() - t0)
@@ -226,6 +238,8 @@ def prepare(ckpt: Checkpoint, opts: ConvertOptions, check_output: bool = True) -
     notes = apply_recipe(plan, scheme.recipe, cfg.num_hidden_layers).notes() if scheme.recipe else []
     if scheme.stock:
         apply_stock(plan, scheme.stock, cfg, n_blocks(cfg, opts.mtp))
+    importance, im_notes = importance_for(plan, load_imatrix(opts.imatrix) if opts.imatrix else None)
+    notes += im_notes
     vision = opts.write_mmproj and has_vision(ckpt)
     mm_path = (opts.mmproj or default_mmproj_path(opts.output)) if vision else None
     mm_plan = plan_mmproj(ckpt, scheme.out) if vision else []
@@ -260,4 +274,4 @@ def prepare(ckpt: Checkpoint, opts: ConvertOptions, check_output: bool = True) -
         notes.append(f"FP8 weights dequantized on the fly ({cfg.fp8_block[0]}x{cfg.fp8_block[1]} blocks)")
     if not any(t.name == "output.weight" for t in plan):
         notes.append("tied embeddings: llama.cpp uses token_embd as the output matrix")
-    return Prepared(ckpt, shards, plan, mm_shards, mm_plan, notes, scheme.label)
+    return Prepared(ckpt, shards, plan, mm_shards, mm_plan, notes, scheme.label, importance)
