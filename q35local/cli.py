@@ -34,7 +34,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"q35: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("q35: interrupted; no output was left behind", file=sys.stderr)
+        print(
+            "q35: interrupted; nothing was written under the output's name "
+            "(q35 quantize: run the same command with --resume to continue)",
+            file=sys.stderr,
+        )
         return 130
 
 

@@ -43,6 +43,11 @@ def add_quantize_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--recipe", type=Path, help="your own recipe (TOML: ordered regex -> ggml type rules)")
     p.add_argument("--imatrix", type=Path, help="llama.cpp importance matrix (GGUF or legacy .dat)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run of the same command (checks what is already written)",
+    )
     p.add_argument("--mmproj", type=Path, help="vision projector path (default: OUT.mmproj.gguf)")
     p.add_argument("--no-mmproj", action="store_true", help="do not write the vision projector")
     p.add_argument("--no-mtp", action="store_true", help="drop the multi-token-prediction head")
@@ -110,6 +115,7 @@ def run_quantize(args: argparse.Namespace) -> int:
         name=args.name,
         threads=args.threads,
         imatrix=args.imatrix,
+        resume=args.resume,
     )
     columns = [
         TextColumn("{task.description}"),

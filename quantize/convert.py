@@ -5,6 +5,7 @@ interrupt at any point removes the temporary files."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import struct
 import time
@@ -54,6 +55,7 @@ class ConvertOptions:
     split_max_size: int | None = None
     threads: int | None = None  # quantization threads (default: all cores)
     imatrix: Path | None = None  # llama.cpp importance matrix (GGUF or legacy .dat)
+    resume: bool = False  # continue an interrupted run's temporary file
     name: str | None = None
 
 
@@ -113,21 +115,26 @@ def _write_file(
     progress: Progress,
     pool: ThreadPoolExecutor,
     importance: list[np.ndarray | None] | None = None,
-) -> None:
-    index = {t.name: k for k, t in enumerate(plan)}
-    ks = [index[i.name] for s in shards for i in s.tensors]
-    order = [plan[k] for k in ks]
-    imatrices = [importance[k] for k in ks] if importance else None
-    # read → transform (one thread) | encode (the pool) | write (here): the three overlap
-    chunks = groupby(encoded_stream(ckpt, order, pool, imatrices), key=lambda kc: kc[0])
+    resume: bool = False,
+    fingerprint: str = "",
+) -> int:
+    """Write (or, with resume, finish) every shard; returns how many tensors a resumed run skipped."""
     writers: list[ShardWriter] = []
     try:
-        for s in shards:
-            w = ShardWriter(s)
-            writers.append(w)
-            for info in s.tensors:
-                k, group = next(chunks)
-                assert order[k].name == info.name
+        writers = [ShardWriter(s, resume, fingerprint) for s in shards]
+        index = {t.name: k for k, t in enumerate(plan)}
+        ks = [index[i.name] for w in writers for i in w.shard.tensors[w.done :]]
+        skipped = sum(w.done for w in writers)
+        for w in writers:
+            for info in w.shard.tensors[: w.done]:
+                progress(info.nbytes, True, info.name)
+        order = [plan[k] for k in ks]
+        imatrices = [importance[k] for k in ks] if importance else None
+        # read → transform (one thread) | encode (the pool) | write (here): the three overlap
+        chunks = groupby(encoded_stream(ckpt, order, pool, imatrices), key=lambda kc: kc[0])
+        for w in writers:
+            for info in w.shard.tensors[w.done :]:
+                _, group = next(chunks)
                 for n in w.write_tensor(c for _, c in group):
                     progress(n, False, info.name)
                 progress(0, True, info.name)
@@ -141,6 +148,11 @@ def _write_file(
             for s in shards:
                 s.path.unlink(missing_ok=True)
             raise
+        return skipped
+    except KeyboardInterrupt:
+        for w in writers:
+            w.close()  # keep the partial file and its journal: --resume continues from them
+        raise
     except BaseException:
         for w in writers:
             w.abort()
@@ -220,13 +232,32 @@ def convert(
                 sh.header()  # encode headers (the vocabulary) now: the streaming phase allocates only chunks
             if on_plan:
                 on_plan(sum(t.nbytes for t in prep.plan + prep.mm_plan), len(prep.plan) + len(prep.mm_plan))
+            fp = fingerprint(opts, ckpt)
             with ThreadPoolExecutor(opts.threads or os.cpu_count() or 1) as pool:
-                _write_file(ckpt, prep.shards, prep.plan, progress, pool, prep.importance)
+                skipped = _write_file(
+                    ckpt, prep.shards, prep.plan, progress, pool, prep.importance, opts.resume, fp
+                )
                 if prep.mm_shards:
-                    _write_file(ckpt, prep.mm_shards, prep.mm_plan, progress, pool)
+                    skipped += _write_file(
+                        ckpt, prep.mm_shards, prep.mm_plan, progress, pool, None, opts.resume, fp
+                    )
+            if opts.resume:
+                prep.notes.append(f"resumed: {skipped} tensor(s) were already written and checked")
         return prep.report(time.perf_counter() - t0)
     finally:
         ckpt.close()
+
+
+def fingerprint(opts: ConvertOptions, ckpt: Checkpoint) -> str:
+    """What the tensor bytes depend on beyond the header: the inputs' identity and the options."""
+    from q35local import __version__
+
+    h = hashlib.sha256(f"{__version__}|{opts.quant}|{opts.mtp}".encode())
+    files = [*ckpt.shard_paths, *(p for p in (opts.recipe, opts.imatrix) if p is not None)]
+    for p in files:
+        st = p.stat()
+        h.update(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return h.hexdigest()
 
 
 def prepare(ckpt: Checkpoint, opts: ConvertOptions, check_output: bool = True) -> Prepared:

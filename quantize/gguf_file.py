@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import mmap
 import os
 import struct
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,7 +167,7 @@ def check_writable(path: Path) -> None:
         raise InputError(path, f"output folder {parent} does not exist")
     if path.is_dir():
         raise InputError(path, "output path is a folder")
-    probe = temp_path(path)
+    probe = path.with_name(f".{path.name}.probe-{os.getpid()}")  # not the temp name: --resume needs that
     try:
         with open(probe, "wb"):
             pass
@@ -176,18 +178,70 @@ def check_writable(path: Path) -> None:
             probe.unlink()
 
 
-class ShardWriter:
-    """Writes one shard to its temporary name; `commit()` verifies and renames it."""
+def journal_path(final: Path) -> Path:
+    return final.with_name(f".{final.name}.journal")
 
-    def __init__(self, shard: Shard) -> None:
+
+class ShardWriter:
+    """Writes one shard to its temporary name, journaling each finished tensor (its end offset and
+    CRC-32) so that an interrupted run can resume; `commit()` checks the size, `publish()` renames.
+
+    With resume=True, an existing temporary file whose header is byte-identical to this plan's and
+    whose journal carries the same fingerprint (options and inputs) is continued: every journaled
+    tensor's CRC is checked against the file, and writing restarts after the last good one."""
+
+    def __init__(self, shard: Shard, resume: bool = False, fingerprint: str = "") -> None:
         self.shard = shard
         self.tmp = temp_path(shard.path)
+        self.journal = journal_path(shard.path)
         head, self.offsets = shard.header()
         self.data_start = len(head)
+        self.fingerprint = fingerprint
+        self.resumed = 0
+        self._index = 0
+        if resume and self._resume(head):
+            return
         self._f = open(self.tmp, "wb")  # noqa: SIM115 - closed in commit/abort
         self._write(head)
-        self._index = 0
-        self._written = 0  # bytes of the current tensor
+        self._j = open(self.journal, "w", encoding="utf-8")  # noqa: SIM115 - closed in commit/abort
+        self._j.write(json.dumps({"fingerprint": fingerprint}) + "\n")
+        self._j.flush()
+
+    def _resume(self, head: bytes) -> bool:
+        if not (self.tmp.exists() and self.journal.exists()):
+            return False
+        try:
+            lines = self.journal.read_text(encoding="utf-8").splitlines()
+            if not lines or json.loads(lines[0]).get("fingerprint") != self.fingerprint:
+                return False
+            with open(self.tmp, "rb") as f:
+                if f.read(len(head)) != head:
+                    return False
+                done, end = 0, len(head)
+                for line in lines[1:]:
+                    rec = json.loads(line)
+                    t = self.shard.tensors[done]
+                    if rec.get("i") != done or rec.get("name") != t.name:
+                        break
+                    f.seek(self.data_start + self.offsets[done])
+                    if zlib.crc32(f.read(t.nbytes)) != rec.get("crc"):
+                        break
+                    done, end = done + 1, self.data_start + self.offsets[done] + t.nbytes + _pad(t.nbytes)
+        except (OSError, ValueError, IndexError, json.JSONDecodeError):
+            return False
+        self._f = open(self.tmp, "r+b")  # noqa: SIM115 - closed in commit/abort
+        self._f.truncate(end)
+        self._f.seek(end)
+        self._j = open(self.journal, "w", encoding="utf-8")  # noqa: SIM115 - rewritten with the good records
+        self._j.write("\n".join(lines[: done + 1]) + "\n")
+        self._j.flush()
+        self._index = self.resumed = done
+        return True
+
+    @property
+    def done(self) -> int:
+        """Tensors already in the file (from a resumed run, or written by this one)."""
+        return self._index
 
     def _write(self, b: bytes | memoryview | np.ndarray) -> None:
         try:
@@ -200,17 +254,21 @@ class ShardWriter:
     def write_tensor(self, chunks: Iterable[np.ndarray]) -> Iterator[int]:
         """Write the next tensor from encoded byte chunks; yields bytes written per chunk."""
         t = self.shard.tensors[self._index]
-        n = 0
+        n, crc = 0, 0
         for c in chunks:
             buf = memoryview(np.ascontiguousarray(c).view(np.uint8).reshape(-1))
             n += len(buf)
             if n > t.nbytes:
                 raise RuntimeError(f"{t.name}: producer gave more than {t.nbytes} bytes")
             self._write(buf)
+            crc = zlib.crc32(buf, crc)
             yield len(buf)
         if n != t.nbytes:
             raise RuntimeError(f"{t.name}: producer gave {n} bytes, expected {t.nbytes}")
         self._write(b"\0" * _pad(n))
+        self._f.flush()  # the journal must never get ahead of the data
+        self._j.write(json.dumps({"i": self._index, "name": t.name, "crc": crc}) + "\n")
+        self._j.flush()
         self._index += 1
 
     def commit(self) -> None:
@@ -222,21 +280,31 @@ class ShardWriter:
         except OSError as e:
             raise InputError(self.shard.path, f"write failed: {e.strerror or e}") from None
         self._f.close()
+        self._j.close()
         expected = self.shard.file_size()
         if self.tmp.stat().st_size != expected:
             raise InputError(self.shard.path, f"wrote {self.tmp.stat().st_size} bytes, expected {expected}")
 
+    def close(self) -> None:
+        """Stop, keeping the temporary file and journal for --resume."""
+        for f in (getattr(self, "_f", None), getattr(self, "_j", None)):
+            if f is not None:
+                with contextlib.suppress(OSError):
+                    f.close()
+
     def abort(self) -> None:
-        with contextlib.suppress(OSError):
-            self._f.close()
-        with contextlib.suppress(OSError):
-            self.tmp.unlink()
+        """Stop and remove everything this shard wrote."""
+        self.close()
+        for p in (self.tmp, self.journal):
+            with contextlib.suppress(OSError):
+                p.unlink()
 
 
 def publish(shards: list[Shard]) -> None:
     """Rename verified temporaries to their final names (last step, after every shard is complete)."""
     for s in shards:
         os.replace(temp_path(s.path), s.path)
+        journal_path(s.path).unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)

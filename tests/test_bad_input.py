@@ -185,4 +185,5 @@ def test_interrupt_leaves_nothing(ckpt: Path, tmp_path: Path) -> None:
 
     with pytest.raises(KeyboardInterrupt):
         convert(ConvertOptions(checkpoint=ckpt, output=out, quant=OutType.F16), progress)
-    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+    # nothing under OUT's name; only the hidden partial file and its journal, for --resume
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.gguf.journal", ".out.gguf.partial", "ckpt"]
