@@ -48,6 +48,9 @@ def add_quantize_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="continue an interrupted run of the same command (checks what is already written)",
     )
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--target-size", help="choose the best recipe that fits this file size, e.g. 240G")
+    g.add_argument("--target-bpw", type=float, help="choose the best recipe for this many bits per weight")
     p.add_argument("--mmproj", type=Path, help="vision projector path (default: OUT.mmproj.gguf)")
     p.add_argument("--no-mmproj", action="store_true", help="do not write the vision projector")
     p.add_argument("--no-mtp", action="store_true", help="drop the multi-token-prediction head")
@@ -100,8 +103,9 @@ def run_quantize(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     try:
         split = parse_size(args.split_max_size) if args.split_max_size else None
+        target = parse_size(args.target_size) if args.target_size else None
     except ValueError as e:
-        console.print(f"error: --split-max-size: {e}", markup=False)
+        console.print(f"q35: error: --split-max-size / --target-size: {e}", markup=False, highlight=False)
         return 2
     opts = ConvertOptions(
         checkpoint=args.checkpoint,
@@ -116,6 +120,8 @@ def run_quantize(args: argparse.Namespace) -> int:
         threads=args.threads,
         imatrix=args.imatrix,
         resume=args.resume,
+        target_bytes=target,
+        target_bpw=args.target_bpw,
     )
     columns = [
         TextColumn("{task.description}"),

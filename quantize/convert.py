@@ -38,6 +38,7 @@ from .recipes import apply_recipe
 from .scheme import resolve as resolve_scheme
 from .stock import apply_stock
 from .stream import encoded_stream
+from .target import choose
 
 # progress(bytes written since last call, tensor finished?, tensor name)
 Progress = Callable[[int, bool, str], None]
@@ -56,6 +57,8 @@ class ConvertOptions:
     threads: int | None = None  # quantization threads (default: all cores)
     imatrix: Path | None = None  # llama.cpp importance matrix (GGUF or legacy .dat)
     resume: bool = False  # continue an interrupted run's temporary file
+    target_bytes: int | None = None  # choose the recipe that fits this file size
+    target_bpw: float | None = None  # ... or this many bits per weight
     name: str | None = None
 
 
@@ -264,13 +267,15 @@ def prepare(ckpt: Checkpoint, opts: ConvertOptions, check_output: bool = True) -
     cfg = ckpt.config
     if check_output:
         check_writable(opts.output)
-    scheme = resolve_scheme(opts.quant, opts.recipe)
+    if (opts.target_bytes or opts.target_bpw) and (opts.recipe or opts.quant not in (None, "Q8_0")):
+        raise InputError(
+            None, "--target-size / --target-bpw choose the recipe themselves: drop --quant/--recipe"
+        )
+    scheme = resolve_scheme("Q4_K_XL" if opts.target_bytes or opts.target_bpw else opts.quant, opts.recipe)
     plan = plan_text(ckpt, scheme.out, mtp=opts.mtp)
     notes = apply_recipe(plan, scheme.recipe, cfg.num_hidden_layers).notes() if scheme.recipe else []
     if scheme.stock:
         apply_stock(plan, scheme.stock, cfg, n_blocks(cfg, opts.mtp))
-    importance, im_notes = importance_for(plan, load_imatrix(opts.imatrix) if opts.imatrix else None)
-    notes += im_notes
     vision = opts.write_mmproj and has_vision(ckpt)
     mm_path = (opts.mmproj or default_mmproj_path(opts.output)) if vision else None
     mm_plan = plan_mmproj(ckpt, scheme.out) if vision else []
@@ -288,6 +293,17 @@ def prepare(ckpt: Checkpoint, opts: ConvertOptions, check_output: bool = True) -
         *sampling_kvs(ckpt.path),
         *tokenizer_kvs(ckpt.path, cfg.vocab_size),
     ]
+    if opts.target_bytes or opts.target_bpw:
+        budget = opts.target_bytes or int(opts.target_bpw * params / 8)  # type: ignore[operator]
+        probe = plan_shards(
+            opts.output, kvs, [TensorInfo(t.name, t.shape, t.ggml_type) for t in plan], opts.split_max_size
+        )
+        overhead = sum(len(s.header()[0]) for s in probe) + 32 * len(plan)  # headers + worst-case padding
+        choice = choose(plan, budget, overhead, cfg.num_hidden_layers)
+        notes += apply_recipe(plan, choice.recipe, cfg.num_hidden_layers).notes()
+        notes.append(f"target {budget / 1e9:.2f} GB: " + "; ".join(choice.moves))
+    importance, im_notes = importance_for(plan, load_imatrix(opts.imatrix) if opts.imatrix else None)
+    notes += im_notes
     infos = [TensorInfo(t.name, t.shape, t.ggml_type) for t in plan]
     shards = plan_shards(opts.output, kvs, infos, opts.split_max_size)
     mm_shards: list[Shard] = []

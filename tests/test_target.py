@@ -1,0 +1,55 @@
+"""--target-size / --target-bpw pick the best recipe under a budget and say what they chose."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from q35local.cli import main
+
+
+def _dry(ckpt: Path, tmp_path: Path, capsys, *args: str) -> dict:
+    assert main(["quantize", str(ckpt), "-o", str(tmp_path / "m.gguf"), "--dry-run", "--json", *args]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_target_size_fits_and_uses_the_budget(small_moe_ckpt: Path, tmp_path: Path, capsys) -> None:
+    sizes = {
+        q: _dry(small_moe_ckpt, tmp_path, capsys, "--quant", q)["output_bytes"]
+        for q in ("Q3_K_XL", "Q4_K_XL")
+    }
+    budget = (sizes["Q3_K_XL"] + sizes["Q4_K_XL"]) // 2
+    got = _dry(small_moe_ckpt, tmp_path, capsys, "--target-size", str(budget))
+    assert sizes["Q3_K_XL"] < got["output_bytes"] <= budget  # better than the preset below, within budget
+    note = next(n for n in got["notes"] if n.startswith("target"))
+    assert "start from Q3_K_XL" in note
+    out = tmp_path / "real.gguf"
+    assert main(["quantize", str(small_moe_ckpt), "-o", str(out), "--target-size", str(budget)]) == 0
+    capsys.readouterr()
+    assert out.stat().st_size == got["output_bytes"]
+
+
+def test_target_bpw(small_moe_ckpt: Path, tmp_path: Path, capsys) -> None:
+    got = _dry(small_moe_ckpt, tmp_path, capsys, "--target-bpw", "5.0")
+    assert 4.5 < got["bits_per_weight"] <= 5.0
+
+
+def test_impossible_target_names_the_smallest_size(small_moe_ckpt: Path, tmp_path: Path, capsys) -> None:
+    assert (
+        main(["quantize", str(small_moe_ckpt), "-o", str(tmp_path / "m.gguf"), "--target-size", "10M"]) == 1
+    )
+    err = capsys.readouterr().err.strip()
+    assert "smallest achievable file is" in err and err.count("\n") == 0
+
+
+@pytest.mark.parametrize("extra", [["--quant", "Q4_K_XL"]])
+def test_target_excludes_quant(small_moe_ckpt: Path, tmp_path: Path, capsys, extra: list[str]) -> None:
+    assert (
+        main(
+            ["quantize", str(small_moe_ckpt), "-o", str(tmp_path / "m.gguf"), "--target-size", "90M", *extra]
+        )
+        == 1
+    )
+    assert "drop --quant" in capsys.readouterr().err
