@@ -44,10 +44,11 @@ def test_preset_types_on_a_real_file(small_moe_ckpt: Path) -> None:
     assert types["blk.1.ffn_gate_inp.weight"] == T.F32
     assert types["output.weight"] == T.Q6_K
     assert types["token_embd.weight"] == T.Q4_K
-    edge = {n: T(ty) for n, _s, ty, _o in read_gguf(gguf_for(small_moe_ckpt, "Q3_K_XL")).tensors}
-    assert edge["blk.0.ffn_down_exps.weight"] == T.Q5_K  # first and last layer one step up
-    assert edge["blk.3.ffn_down_exps.weight"] == T.Q5_K
-    assert edge["blk.1.ffn_down_exps.weight"] == T.Q4_K
+    edge = {n: T(ty) for n, _s, ty, _o in read_gguf(gguf_for(small_moe_ckpt, "Q6_K_XL")).tensors}
+    assert edge["blk.0.ffn_down_exps.weight"] == T.Q8_0  # first and last layer of the main stack one step up
+    assert edge["blk.3.ffn_down_exps.weight"] == T.Q8_0
+    assert edge["blk.1.ffn_down_exps.weight"] == T.Q6_K
+    assert edge["blk.4.ffn_down_exps.weight"] == T.Q6_K  # the MTP block is not the last layer
 
 
 def test_user_recipe(small_moe_ckpt: Path, tmp_path: Path) -> None:
