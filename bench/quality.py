@@ -25,6 +25,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="bench-moe", help="generated checkpoint preset (q35 make-tiny)")
     ap.add_argument("--max-tokens", type=int, default=512)
+    ap.add_argument("--only", nargs="*", help="only these presets (e.g. Q5_K_XL)")
     args = ap.parse_args()
     work = ROOT / ".cache" / "bench"
     ckpt = work / args.preset
@@ -51,6 +52,8 @@ def main() -> int:
     print("| " + " | ".join(["preset", *cols, "stock", *cols]) + " |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for ours, stock in PAIRS:
+        if args.only and ours not in args.only:
+            continue
         cells = []
         for q in (ours, stock):
             path = build(q)
