@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from bench.refconv import converter_dir
+from quantize.gguf_file import read_gguf
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / ".cache" / "bench"
@@ -75,13 +76,14 @@ def main() -> int:
     t_q, rss_q = measure(quant)
     intermediate = bf16_ref.stat().st_size
     t_ours, rss_ours = measure([*q35, "quantize", str(ckpt), "-o", str(q_ours), "--quant", "Q4_K_M"])
-    same = q_ref.stat().st_size == q_ours.stat().st_size
+    layout = [(n, s, t) for n, s, t, _ in read_gguf(q_ours).tensors]
+    same = layout == [(n, s, t) for n, s, t, _ in read_gguf(q_ref).tensors]
     row("Q4_K_M", (t_ref + t_q, max(rss_ref, rss_q), intermediate), (t_ours, rss_ours, 0))
     print(
         f"\nllama.cpp's Q4_K_M route = convert ({t_ref:.1f} s) + quantize ({t_q:.1f} s), with a "
         f"{intermediate / 1e9:.2f} GB intermediate BF16 file; q35 writes no intermediate file."
     )
-    print(f"both Q4_K_M files are {q_ours.stat().st_size:,} bytes" if same else "Q4_K_M sizes differ!")
+    print("both Q4_K_M files hold the same tensors, types and shapes" if same else "Q4_K_M tensors differ!")
     for p in (bf16_ref, q_ref, q_ours):
         p.unlink(missing_ok=True)
     print("ratios are q35 / llama.cpp (lower is better)")

@@ -167,10 +167,12 @@ def verify_in_llama_cpp(s: Shard) -> None:
     if s.kvs and s.kvs[0].value == "clip":
         return  # mmproj files are read by mtmd, not the model loader
     from llama_cpp import llama_cpp
+    from llama_cpp._utils import suppress_stdout_stderr
 
     params = llama_cpp.llama_model_default_params()
     params.vocab_only = True
-    model = llama_cpp.llama_model_load_from_file(str(s.path).encode(), params)
+    with suppress_stdout_stderr(disable=False):  # llama.cpp logs every key; the summary says enough
+        model = llama_cpp.llama_model_load_from_file(str(s.path).encode(), params)
     if not model:
         raise InputError(s.path, "llama.cpp cannot load the written file's metadata")
     llama_cpp.llama_model_free(model)
