@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .config import Qwen35Config, load_config
 from .errors import InputError
+from .hub import HubSource
 from .safetensors_io import ShardSet, TensorEntry, read_header
 
 INDEX = "model.safetensors.index.json"
@@ -21,6 +22,13 @@ class Checkpoint:
     config: Qwen35Config
     entries: dict[str, TensorEntry]  # every tensor, by HF name
     shards: ShardSet
+    hub: HubSource | None = None
+
+    def done_with(self, path: Path) -> None:
+        """Nothing more will be read from this shard."""
+        self.shards.release(path)
+        if self.hub is not None:
+            self.hub.done_with(path)
 
     @property
     def shard_paths(self) -> list[Path]:
@@ -30,7 +38,7 @@ class Checkpoint:
         self.shards.close()
 
 
-def _shard_map(ckpt: Path) -> dict[str, Path]:
+def _shard_map(ckpt: Path, allow_missing: bool = False) -> dict[str, Path]:
     """tensor name -> shard file, from the index if there is one, else from the single file."""
     index = ckpt / INDEX
     if index.exists():
@@ -47,7 +55,7 @@ def _shard_map(ckpt: Path) -> dict[str, Path]:
                 raise InputError(index, f"tensor {name!r} points at {fname!r}, not a shard in this folder")
             out[name] = p
         missing = sorted({p.name for p in out.values() if not p.exists()})
-        if missing:
+        if missing and not allow_missing:
             raise InputError(
                 ckpt / missing[0], f"shard listed in {INDEX} is missing ({len(missing)} missing in all)"
             )
@@ -67,17 +75,21 @@ def _shard_map(ckpt: Path) -> dict[str, Path]:
     raise InputError(ckpt, "no safetensors weights found")
 
 
-def open_checkpoint(path: str | Path) -> Checkpoint:
+def open_checkpoint(path: str | Path, hub: HubSource | None = None) -> Checkpoint:
+    """A local checkpoint folder, or (with `hub`) a Hub snapshot whose shards may not be here yet."""
     ckpt = Path(path)
     if not ckpt.is_dir():
         raise InputError(ckpt, "not a folder" if ckpt.exists() else "no such checkpoint folder")
     config = load_config(ckpt)
-    names = _shard_map(ckpt)
+    names = _shard_map(ckpt, allow_missing=hub is not None)
     headers: dict[Path, dict[str, TensorEntry]] = {}
     entries: dict[str, TensorEntry] = {}
     for name, shard in names.items():
         if shard not in headers:
-            headers[shard] = read_header(shard)
+            remote = hub.header_opener(shard.name) if hub is not None and not shard.exists() else None
+            if hub is not None and not shard.exists() and remote is None:
+                raise InputError(shard, "shard is not in the HF cache and HF_HUB_OFFLINE is set")
+            headers[shard] = read_header(shard, *remote) if remote else read_header(shard)
         if name not in headers[shard]:
             raise InputError(shard, f"tensor {name!r} is listed in {INDEX} but not in this shard")
         entries[name] = headers[shard][name]
@@ -85,4 +97,4 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
         stray = sorted(set(h) - set(names))
         if stray:
             raise InputError(shard, f"tensor {stray[0]!r} is in this shard but not in {INDEX}")
-    return Checkpoint(ckpt, config, entries, ShardSet(entries))
+    return Checkpoint(ckpt, config, entries, ShardSet(entries, hub.fetch if hub else None), hub)

@@ -31,7 +31,17 @@ def add_quantize_parser(sub: argparse._SubParsersAction) -> None:
         description="Convert a Hugging Face Qwen 3.5 checkpoint folder (BF16, F16, F32 or "
         "block FP8 safetensors) to a GGUF that llama.cpp runs, plus the vision projector.",
     )
-    p.add_argument("checkpoint", type=Path, help="checkpoint folder (config.json + *.safetensors)")
+    p.add_argument(
+        "checkpoint",
+        type=Path,
+        help="checkpoint folder (config.json + *.safetensors) or a Hub repo id (Qwen/Qwen3.5-35B-A3B)",
+    )
+    p.add_argument("--revision", help="Hub revision (branch, tag or commit) when CHECKPOINT is a repo id")
+    p.add_argument(
+        "--delete-shards",
+        action="store_true",
+        help="Hub: delete each downloaded shard from the HF cache once its tensors are written",
+    )
     p.add_argument("-o", "--output", type=Path, required=True, help="output GGUF path")
     p.add_argument(
         "--quant",
@@ -120,6 +130,8 @@ def run_quantize(args: argparse.Namespace) -> int:
         threads=args.threads,
         imatrix=args.imatrix,
         resume=args.resume,
+        revision=args.revision,
+        delete_shards=args.delete_shards,
         target_bytes=target,
         target_bpw=args.target_bpw,
     )

@@ -30,6 +30,7 @@ from .gguf_file import (
     read_gguf,
     temp_path,
 )
+from .hub import looks_like_repo_id, open_hub
 from .imatrix import importance_for, load_imatrix
 from .metadata import general_kvs, hparams, sampling_kvs, size_label, tokenizer_kvs
 from .mmproj import has_vision, mmproj_metadata, plan_mmproj
@@ -59,6 +60,8 @@ class ConvertOptions:
     resume: bool = False  # continue an interrupted run's temporary file
     target_bytes: int | None = None  # choose the recipe that fits this file size
     target_bpw: float | None = None  # ... or this many bits per weight
+    revision: str | None = None  # Hub revision, when the checkpoint is a repo id
+    delete_shards: bool = False  # remove each downloaded shard once its tensors are written
     name: str | None = None
 
 
@@ -108,6 +111,8 @@ def _model_name(ckpt: Checkpoint, override: str | None) -> str:
         return override
     if ckpt.config.name:
         return ckpt.config.name.rstrip("/").split("/")[-1]
+    if ckpt.hub is not None:
+        return ckpt.hub.repo_id.split("/")[-1]
     return ckpt.path.resolve().name
 
 
@@ -120,6 +125,7 @@ def _write_file(
     importance: list[np.ndarray | None] | None = None,
     resume: bool = False,
     fingerprint: str = "",
+    keep: frozenset[Path] = frozenset(),
 ) -> int:
     """Write (or, with resume, finish) every shard; returns how many tensors a resumed run skipped."""
     writers: list[ShardWriter] = []
@@ -133,8 +139,18 @@ def _write_file(
                 progress(info.nbytes, True, info.name)
         order = [plan[k] for k in ks]
         imatrices = [importance[k] for k in ks] if importance else None
+        last: dict[Path, int] = {}  # the last tensor that reads each shard (`keep`: a later pass will)
+        for k, t in enumerate(order):
+            for p in t.parts:
+                for e in (ckpt.entries[p.hf], ckpt.entries.get(p.hf + "_scale_inv")):
+                    if e is not None and e.path not in keep:
+                        last[e.path] = k
+        done_after: dict[int, list[Path]] = {}
+        for path, k in last.items():
+            done_after.setdefault(k, []).append(path)
         # read → transform (one thread) | encode (the pool) | write (here): the three overlap
-        chunks = groupby(encoded_stream(ckpt, order, pool, imatrices), key=lambda kc: kc[0])
+        stream = encoded_stream(ckpt, order, pool, imatrices, done_after)
+        chunks = groupby(stream, key=lambda kc: kc[0])
         for w in writers:
             for info in w.shard.tensors[w.done :]:
                 _, group = next(chunks)
@@ -229,7 +245,12 @@ def convert(
     called once before writing."""
     progress = progress or (lambda n, done, name: None)
     t0 = time.perf_counter()
-    ckpt = open_checkpoint(opts.checkpoint)
+    hub = None
+    if looks_like_repo_id(str(opts.checkpoint)):
+        hub = open_hub(str(opts.checkpoint), opts.revision, opts.delete_shards)
+    elif opts.delete_shards:
+        raise InputError(opts.checkpoint, "--delete-shards is for Hub repo ids (it deletes cached downloads)")
+    ckpt = open_checkpoint(hub.snapshot if hub else opts.checkpoint, hub)
     try:
         prep = prepare(ckpt, opts, check_output=not dry_run)
         if not dry_run:
@@ -238,9 +259,18 @@ def convert(
             if on_plan:
                 on_plan(sum(t.nbytes for t in prep.plan + prep.mm_plan), len(prep.plan) + len(prep.mm_plan))
             fp = fingerprint(opts, ckpt)
+            needed_later = frozenset(ckpt.entries[p.hf].path for t in prep.mm_plan for p in t.parts)
             with ThreadPoolExecutor(opts.threads or os.cpu_count() or 1) as pool:
                 skipped = _write_file(
-                    ckpt, prep.shards, prep.plan, progress, pool, prep.importance, opts.resume, fp
+                    ckpt,
+                    prep.shards,
+                    prep.plan,
+                    progress,
+                    pool,
+                    prep.importance,
+                    opts.resume,
+                    fp,
+                    needed_later,
                 )
                 if prep.mm_shards:
                     skipped += _write_file(
@@ -258,10 +288,12 @@ def fingerprint(opts: ConvertOptions, ckpt: Checkpoint) -> str:
     from q35local import __version__
 
     h = hashlib.sha256(f"{__version__}|{opts.quant}|{opts.mtp}".encode())
-    files = [*ckpt.shard_paths, *(p for p in (opts.recipe, opts.imatrix) if p is not None)]
-    for p in files:
-        st = p.stat()
-        h.update(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+    for p in ckpt.shard_paths:  # Hub shards may be absent (deleted or not yet fetched): their headers speak
+        h.update(f"{p.name}|{max(e.end for e in ckpt.entries.values() if e.path == p)}".encode())
+    for p in (opts.recipe, opts.imatrix):
+        if p is not None:
+            st = p.stat()
+            h.update(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
     return h.hexdigest()
 
 

@@ -12,8 +12,10 @@ import itertools
 import json
 import mmap
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -61,11 +63,14 @@ class TensorEntry:
         return n
 
 
-def read_header(path: Path) -> dict[str, TensorEntry]:
-    """Read and validate one shard's header without touching tensor data."""
+def read_header(
+    path: Path, opener: Callable[[], BinaryIO] | None = None, size: int | None = None
+) -> dict[str, TensorEntry]:
+    """Read and validate one shard's header without touching tensor data. `opener` and `size` read
+    it from elsewhere (a Hub file, by range requests) for a shard that is not on disk yet."""
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
+        size = path.stat().st_size if size is None else size
+        with opener() if opener else open(path, "rb") as f:
             head = f.read(8)
             if len(head) < 8:
                 raise InputError(path, "truncated safetensors file (no header length)")
@@ -122,16 +127,22 @@ def read_header(path: Path) -> dict[str, TensorEntry]:
 
 
 class ShardSet:
-    """All shards of a checkpoint, memory-mapped lazily; read-only."""
+    """All shards of a checkpoint, memory-mapped lazily; read-only. `fetch(path)` brings a shard
+    that is not on disk yet (a Hub download) the first time it is read."""
 
-    def __init__(self, entries: dict[str, TensorEntry]) -> None:
+    def __init__(self, entries: dict[str, TensorEntry], fetch: Callable[[Path], None] | None = None) -> None:
         self.entries = entries
+        self.fetch = fetch
         self._maps: dict[Path, mmap.mmap] = {}
         self._files: dict[Path, object] = {}
 
     def _map(self, path: Path) -> mmap.mmap:
         m = self._maps.get(path)
         if m is None:
+            if not path.exists() and self.fetch is not None:
+                self.fetch(path)
+                if read_header(path) != {n: e for n, e in self.entries.items() if e.path == path}:
+                    raise InputError(path, "the downloaded shard does not match the header read before")
             f = open(path, "rb")  # noqa: SIM115 - kept open for the map's lifetime
             m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
             self._files[path] = f

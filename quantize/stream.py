@@ -10,6 +10,7 @@ import queue
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
@@ -72,8 +73,10 @@ def encoded_stream(
     tensors: list[OutTensor],
     pool: ThreadPoolExecutor | None = None,
     imatrices: list[np.ndarray | None] | None = None,
+    done_after: dict[int, list[Path]] | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
-    """(tensor index, encoded bytes) for every chunk of every tensor, in order.
+    """(tensor index, encoded bytes) for every chunk of every tensor, in order. After tensor k has
+    been read, the shards in done_after[k] are released (and, from the Hub, maybe deleted).
 
     Reading and transforming run one chunk ahead on a thread of their own, encoding (on the pool)
     one chunk ahead of the caller, who writes: disk, numpy and ggml work at the same time while at
@@ -83,6 +86,8 @@ def encoded_stream(
         for k, t in enumerate(tensors):
             for pi, r in tensor_rows(ckpt, t):
                 yield k, pi, r
+            for path in (done_after or {}).get(k, []):
+                ckpt.done_with(path)
 
     def encoded() -> Iterator[tuple[int, np.ndarray]]:
         for k, pi, r in prefetch(rows(), 2):

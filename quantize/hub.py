@@ -1,0 +1,77 @@
+"""A Hugging Face Hub repo id as the checkpoint: small files first, each shard into the standard HF
+cache when the pass first needs it, and (with --delete-shards) out again once its tensors are
+written, so a 397B quantize needs disk for the output plus about one shard.
+
+Shard headers come first, by range requests, so planning and validation happen before any
+download; offline (HF_HUB_OFFLINE=1) every shard must already be in the cache."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import InputError
+
+REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+SMALL_FILES = ["*.json", "*.jinja", "*.txt", "tokenizer*"]
+
+
+def looks_like_repo_id(arg: str) -> bool:
+    return not Path(arg).exists() and bool(REPO_ID.match(arg))
+
+
+@dataclass
+class HubSource:
+    repo_id: str
+    revision: str | None
+    snapshot: Path  # the cache's snapshot folder for this revision
+    delete_shards: bool = False
+    fetched: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+
+    def header_opener(self, filename: str):
+        """(opener, size) reading a remote shard by range requests, or None offline."""
+        from huggingface_hub import HfFileSystem, constants
+
+        if constants.HF_HUB_OFFLINE:
+            return None
+        fs = HfFileSystem()
+        path = f"{self.repo_id}/{filename}"
+        size = fs.info(path, revision=self.revision)["size"]
+        return (lambda: fs.open(path, "rb", revision=self.revision, block_size=1 << 20)), size
+
+    def fetch(self, path: Path) -> None:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+
+        try:
+            got = Path(hf_hub_download(self.repo_id, path.name, revision=self.revision))
+        except LocalEntryNotFoundError:
+            raise InputError(path, "shard is not in the HF cache and the Hub cannot be reached") from None
+        if got.resolve() != path.resolve():
+            raise InputError(path, f"the HF cache put the shard at {got}")
+        self.fetched.append(path.name)
+
+    def done_with(self, path: Path) -> None:
+        """The pass has read everything it needs from this shard."""
+        if not self.delete_shards or not path.exists():
+            return
+        blob = path.resolve()
+        path.unlink()
+        if blob != path and blob.exists():
+            blob.unlink()
+        self.deleted.append(path.name)
+
+
+def open_hub(repo_id: str, revision: str | None = None, delete_shards: bool = False) -> HubSource:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        snap = Path(snapshot_download(repo_id, revision=revision, allow_patterns=SMALL_FILES))
+    except LocalEntryNotFoundError:
+        raise InputError(repo_id, "not in the local HF cache, and the Hub cannot be reached") from None
+    except HfHubHTTPError as e:
+        raise InputError(repo_id, f"cannot fetch from the Hub ({e})") from None
+    return HubSource(repo_id, revision, snap, delete_shards)
