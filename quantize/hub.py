@@ -71,8 +71,10 @@ def open_hub(repo_id: str, revision: str | None = None, delete_shards: bool = Fa
     try:
         snap = Path(snapshot_download(repo_id, revision=revision, allow_patterns=SMALL_FILES))
     except LocalEntryNotFoundError:
-        raise InputError(repo_id, "no such checkpoint folder, and no such repo in the local HF cache "
-                         "(the Hub cannot be reached)") from None
+        raise InputError(
+            repo_id,
+            "no such checkpoint folder, and no such repo in the local HF cache (the Hub cannot be reached)",
+        ) from None
     except HfHubHTTPError as e:
         raise InputError(repo_id, f"no such checkpoint folder, and the Hub says: {e}") from None
     return HubSource(repo_id, revision, snap, delete_shards)

@@ -3,6 +3,7 @@ row comes from. Pure planning: reads only names and shapes, never weights."""
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -70,10 +71,7 @@ class OutTensor:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
     @property
     def cls(self) -> str:

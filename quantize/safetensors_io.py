@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import mmap
 import struct
 from collections.abc import Callable
@@ -57,10 +58,7 @@ class TensorEntry:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
 
 def read_header(
@@ -102,9 +100,7 @@ def read_header(
             raise InputError(path, f"tensor {name!r} has unsupported dtype {dtype}")
         if any(d < 0 for d in shape):
             raise InputError(path, f"tensor {name!r} has a negative dimension {shape}")
-        numel = 1
-        for d in shape:
-            numel *= d
+        numel = math.prod(shape)
         if not 0 <= b <= e:
             raise InputError(path, f"tensor {name!r} has offsets [{b}, {e}] that run backwards")
         if e - b != numel * DTYPES[dtype][1]:
