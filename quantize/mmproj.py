@@ -104,9 +104,7 @@ def plan_mmproj(ckpt: Checkpoint, out: OutType) -> list[OutTensor]:
             expect(hf, shape)
             name = gguf_pat.format(i=i)
             gshape = tuple(reversed(shape))
-            ty = T.F32 if len(shape) == 1 or name == "v.position_embd.weight" else wt
-            if ty not in (T.F32, T.F16, T.BF16) or (gshape[0] % 32 and ty not in (T.F32, T.F16)):
-                ty = T.F16
+            ty = T.F32 if len(shape) == 1 or name == "v.position_embd.weight" else wt  # wt: F32/F16/BF16
             tensors.append(OutTensor(name, gshape, ty, [Part(hf)]))
     return tensors
 

@@ -86,9 +86,14 @@ _ALWAYS_F32 = re.compile(
 )
 
 
+def always_f32(name: str, shape: tuple[int, ...]) -> bool:
+    """Tensors that stay F32 whatever the file type: llama.cpp neither converts nor quantizes them."""
+    return len(shape) == 1 or not name.endswith(".weight") or bool(_ALWAYS_F32.search(name))
+
+
 def base_type(name: str, shape: tuple[int, ...], out: OutType) -> T:
     """The type of one tensor in a file of type `out`, as llama.cpp's own converter chooses it."""
-    if len(shape) == 1 or _ALWAYS_F32.search(name) or not name.endswith(".weight"):
+    if always_f32(name, shape):
         return T.F32
     t = T[out.value]
     if not fits(t, shape[0]):

@@ -17,19 +17,13 @@ from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
 
 from .errors import InputError
-from .plan import OutTensor
+from .plan import OutTensor, always_f32
 
 RECIPE_DIR = Path(__file__).resolve().parent.parent / "assets" / "recipes"
 
-# llama.cpp never quantizes these (llama-quant.cpp): they stay as the converter wrote them, F32.
-NEVER_QUANTIZED = re.compile(
-    r"(_norm\.weight|ffn_gate_inp\.weight|ffn_gate_inp_shexp\.weight|ssm_conv1d\.weight|position_embd\.weight"
-    r"|nextn\.(enorm|hnorm|shared_head_norm)\.weight)$"
-)
-
 
 def never_quantized(t: OutTensor) -> bool:
-    return len(t.shape) == 1 or not t.name.endswith(".weight") or bool(NEVER_QUANTIZED.search(t.name))
+    return always_f32(t.name, t.shape)
 
 
 # llama.cpp's fallback when ne0 is not a multiple of the type's block (tensor_type_fallback).

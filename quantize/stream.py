@@ -141,14 +141,3 @@ def prefetch(it: Iterator[T_], depth: int) -> Iterator[T_]:
     finally:
         stop.set()
         th.join()
-
-
-def encoded_chunks(
-    ckpt: Checkpoint, t: OutTensor, imatrix: np.ndarray | None = None, pool: ThreadPoolExecutor | None = None
-) -> Iterator[np.ndarray]:
-    """The tensor's bytes in its GGML type, chunk by chunk. `imatrix` is [n_parts or 1, n_per_row]."""
-    for pi, rows in tensor_rows(ckpt, t):
-        im = None
-        if imatrix is not None:
-            im = imatrix[pi if imatrix.shape[0] > 1 else 0]
-        yield encode(rows, t.ggml_type, im, pool)
