@@ -27,6 +27,7 @@ demo: setup
 
 bench: setup
 	$(BIN)/python -m bench.convert
+	$(BIN)/python -m bench.dryrun
 
 # slow (tens of minutes on 2 cores): the README's quality table
 bench-quality: setup

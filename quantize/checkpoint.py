@@ -48,13 +48,14 @@ def _shard_map(ckpt: Path, allow_missing: bool = False) -> dict[str, Path]:
                 raise TypeError("weight_map is not an object")
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
             raise InputError(index, f"cannot parse the shard index ({e})") from None
-        out: dict[str, Path] = {}
-        for name, fname in weight_map.items():
-            p = ckpt / str(fname)
-            if Path(fname).name != fname or not fname.endswith(".safetensors"):
+        files: dict[str, Path] = {}  # one Path per shard: 397B has ~100K tensors over ~100 files
+        for fname in set(weight_map.values()):
+            if not isinstance(fname, str) or Path(fname).name != fname or not fname.endswith(".safetensors"):
+                name = next(n for n, f in weight_map.items() if f == fname)
                 raise InputError(index, f"tensor {name!r} points at {fname!r}, not a shard in this folder")
-            out[name] = p
-        missing = sorted({p.name for p in out.values() if not p.exists()})
+            files[fname] = ckpt / fname
+        out = {name: files[fname] for name, fname in weight_map.items()}
+        missing = sorted(f for f, p in files.items() if not p.exists())
         if missing and not allow_missing:
             raise InputError(
                 ckpt / missing[0], f"shard listed in {INDEX} is missing ({len(missing)} missing in all)"
@@ -82,19 +83,20 @@ def open_checkpoint(path: str | Path, hub: HubSource | None = None) -> Checkpoin
         raise InputError(ckpt, "not a folder" if ckpt.exists() else "no such checkpoint folder")
     config = load_config(ckpt)
     names = _shard_map(ckpt, allow_missing=hub is not None)
-    headers: dict[Path, dict[str, TensorEntry]] = {}
-    entries: dict[str, TensorEntry] = {}
+    by_shard: dict[Path, list[str]] = {}
     for name, shard in names.items():
-        if shard not in headers:
-            remote = hub.header_opener(shard.name) if hub is not None and not shard.exists() else None
-            if hub is not None and not shard.exists() and remote is None:
-                raise InputError(shard, "shard is not in the HF cache and HF_HUB_OFFLINE is set")
-            headers[shard] = read_header(shard, *remote) if remote else read_header(shard)
-        if name not in headers[shard]:
-            raise InputError(shard, f"tensor {name!r} is listed in {INDEX} but not in this shard")
-        entries[name] = headers[shard][name]
-    for shard, h in headers.items():  # tensors a shard holds that the index forgot are an error too
-        stray = sorted(set(h) - set(names))
-        if stray:
+        by_shard.setdefault(shard, []).append(name)
+    entries: dict[str, TensorEntry] = {}
+    for shard, listed in by_shard.items():
+        remote = hub.header_opener(shard.name) if hub is not None and not shard.exists() else None
+        if hub is not None and not shard.exists() and remote is None:
+            raise InputError(shard, "shard is not in the HF cache and HF_HUB_OFFLINE is set")
+        h = read_header(shard, *remote) if remote else read_header(shard)
+        absent = [n for n in listed if n not in h]
+        if absent:
+            raise InputError(shard, f"tensor {absent[0]!r} is listed in {INDEX} but not in this shard")
+        if len(h) != len(listed):  # tensors a shard holds that the index forgot are an error too
+            stray = sorted(set(h) - set(listed))
             raise InputError(shard, f"tensor {stray[0]!r} is in this shard but not in {INDEX}")
+        entries.update(h)
     return Checkpoint(ckpt, config, entries, ShardSet(entries, hub.fetch if hub else None), hub)

@@ -1,0 +1,104 @@
+"""How long `q35 quantize --dry-run` takes on a 397B-A17B-shaped checkpoint.
+
+The checkpoint is header-only: real safetensors headers (every per-expert tensor of 60 layers x 512
+experts, BF16) over sparse files of the true sizes, so it costs no disk; only headers are read."""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from quantize.synth import SynthSpec, all_tensors, config_json
+from quantize.synth.tokenizer import cached_tokenizer_json
+
+ROOT = Path(__file__).resolve().parent.parent
+SPEC = SynthSpec(
+    hidden_size=4096,
+    num_hidden_layers=60,
+    num_attention_heads=32,
+    num_key_value_heads=2,
+    head_dim=256,
+    linear_num_key_heads=16,
+    linear_num_value_heads=64,
+    linear_key_head_dim=128,
+    linear_value_head_dim=128,
+    num_experts=512,
+    num_experts_per_tok=10,
+    moe_intermediate_size=1024,
+    shared_expert_intermediate_size=1024,
+    mtp_num_hidden_layers=1,
+    vision=None,
+    max_position_embeddings=262144,
+    name="Qwen3.5-397B-A17B-shape",
+)
+
+
+def write_header_only(out: Path, shard_bytes: int = 5 * 10**9) -> int:
+    out.mkdir(parents=True, exist_ok=True)
+    groups: list[list[tuple[str, tuple[int, ...]]]] = [[]]
+    size = 0
+    for name, shape, _kind in all_tensors(SPEC):
+        n = 2
+        for d in shape:
+            n *= d
+        if groups[-1] and size + n > shard_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append((name, shape))
+        size += n
+    weight_map = {}
+    for k, group in enumerate(groups):
+        fname = f"model-{k + 1:05d}-of-{len(groups):05d}.safetensors"
+        header, off = {}, 0
+        for name, shape in group:
+            n = 2
+            for d in shape:
+                n *= d
+            header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [off, off + n]}
+            off += n
+            weight_map[name] = fname
+        raw = json.dumps(header).encode()
+        raw += b" " * (-len(raw) % 8)
+        with open(out / fname, "wb") as f:
+            f.write(struct.pack("<Q", len(raw)) + raw)
+            f.truncate(8 + len(raw) + off)  # sparse: no data blocks on disk
+    (out / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    (out / "config.json").write_text(json.dumps(config_json(SPEC)))
+    (out / "tokenizer.json").write_bytes(cached_tokenizer_json().read_bytes())
+    (out / "tokenizer_config.json").write_text(
+        json.dumps({"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"})
+    )
+    return len(groups)
+
+
+def main() -> int:
+    ckpt = ROOT / ".cache" / "bench" / "header-only-397b"
+    if not (ckpt / "config.json").exists():
+        write_header_only(ckpt)
+    cmd = [
+        sys.executable,
+        "-m",
+        "q35local.cli",
+        "quantize",
+        str(ckpt),
+        "-o",
+        "/tmp/q35-397b.gguf",
+        "--dry-run",
+    ]
+    for quant in ("Q4_K_XL", "Q8_0"):
+        t = time.perf_counter()
+        r = subprocess.run([*cmd, "--quant", quant, "--json"], capture_output=True, text=True, check=True)
+        d = json.loads(r.stdout)
+        print(
+            f"{quant}: {d['output_bytes'] / 1e9:.1f} GB planned, {d['params'] / 1e9:.1f}B parameters, "
+            f"{len(list(ckpt.glob('*.safetensors')))} shards; whole command {time.perf_counter() - t:.2f} s"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
