@@ -6,13 +6,14 @@ experts, BF16) over sparse files of the true sizes, so it costs no disk; only he
 from __future__ import annotations
 
 import json
+import math
 import struct
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from quantize.synth import SynthSpec, all_tensors, config_json
+from quantize.synth import SynthSpec, config_json, shard_groups
 from quantize.synth.tokenizer import cached_tokenizer_json
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,30 +35,19 @@ SPEC = SynthSpec(
     vision=None,
     max_position_embeddings=262144,
     name="Qwen3.5-397B-A17B-shape",
+    shard_bytes=5 * 10**9,
 )
 
 
-def write_header_only(out: Path, shard_bytes: int = 5 * 10**9) -> int:
+def write_header_only(out: Path) -> int:
     out.mkdir(parents=True, exist_ok=True)
-    groups: list[list[tuple[str, tuple[int, ...]]]] = [[]]
-    size = 0
-    for name, shape, _kind in all_tensors(SPEC):
-        n = 2
-        for d in shape:
-            n *= d
-        if groups[-1] and size + n > shard_bytes:
-            groups.append([])
-            size = 0
-        groups[-1].append((name, shape))
-        size += n
+    groups = shard_groups(SPEC)
     weight_map = {}
     for k, group in enumerate(groups):
         fname = f"model-{k + 1:05d}-of-{len(groups):05d}.safetensors"
         header, off = {}, 0
-        for name, shape in group:
-            n = 2
-            for d in shape:
-                n *= d
+        for name, shape, _kind in group:
+            n = 2 * math.prod(shape)  # BF16
             header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [off, off + n]}
             off += n
             weight_map[name] = fname

@@ -8,9 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import gguf_for
+from gguf import GGMLQuantizationType as T
 
 from bench.refconv import run_reference
 from quantize.convert import default_mmproj_path
+from quantize.ggml import tensor_bytes
 from quantize.gguf_file import read_gguf
 
 # Keys we write differently on purpose: the display name (theirs is prettified from the folder).
@@ -18,14 +20,13 @@ IGNORED = {"general.name", "general.size_label"}
 
 
 def _tensor_bytes(path: Path) -> dict[str, tuple[tuple[int, ...], int, bytes]]:
+    """name -> (shape, type, the tensor's exact bytes)."""
     lay = read_gguf(path)
     mm = np.memmap(path, dtype=np.uint8, mode="r")
     out = {}
-    ends = [*sorted(off for *_, off in lay.tensors)[1:], len(mm) - lay.data_start]
-    by_off = dict(zip(sorted(off for *_, off in lay.tensors), ends, strict=True))
     for name, shape, ty, off in lay.tensors:
         start = lay.data_start + off
-        out[name] = (shape, ty, bytes(mm[start : lay.data_start + by_off[off]]).rstrip(b"\0"))
+        out[name] = (shape, ty, bytes(mm[start : start + tensor_bytes(T(ty), shape)]))
     return out
 
 

@@ -13,6 +13,7 @@ Each tensor's values depend only on (seed, name), so shards can be written one a
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import zlib
 from collections.abc import Iterator
@@ -407,23 +408,28 @@ def all_tensors(spec: SynthSpec) -> Iterator[tuple[str, tuple[int, ...], str]]:
     yield from vision_tensors(spec)
 
 
+def shard_groups(spec: SynthSpec) -> list[list[tuple[str, tuple[int, ...], str]]]:
+    """Tensors in file order, cut into shards of about spec.shard_bytes (HF's model-0000k-of-0000n)."""
+    per = 1 if spec.dtype == "FP8" else (4 if spec.dtype == "F32" else 2)
+    groups: list[list[tuple[str, tuple[int, ...], str]]] = [[]]
+    size = 0
+    for t in all_tensors(spec):
+        nbytes = math.prod(t[1]) * per
+        if groups[-1] and size + nbytes > spec.shard_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append(t)
+        size += nbytes
+    return groups
+
+
 def write_checkpoint(out: str | Path, spec: SynthSpec) -> Path:
     """Write a complete checkpoint folder; returns its path. Existing contents are replaced."""
     out = Path(out)
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    # Shards: group tensors in file order until shard_bytes; names follow HF's model-0000k-of-0000n.
-    groups: list[list[tuple[str, tuple[int, ...], str]]] = [[]]
-    size = 0
-    per = 1 if spec.dtype == "FP8" else (4 if spec.dtype == "F32" else 2)
-    for t in all_tensors(spec):
-        nbytes = int(np.prod(t[1])) * per
-        if groups[-1] and size + nbytes > spec.shard_bytes:
-            groups.append([])
-            size = 0
-        groups[-1].append(t)
-        size += nbytes
+    groups = shard_groups(spec)
     n = len(groups)
     weight_map: dict[str, str] = {}
     total = 0
