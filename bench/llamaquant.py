@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from llama_cpp import llama_cpp
 
-FTYPE = {"Q8_0": 7, "Q2_K": 10, "Q3_K_M": 12, "Q4_K_M": 15, "Q5_K_M": 17, "Q6_K": 18}
+from quantize.plan import FTYPES
 
 
 def llama_quantize(
@@ -24,7 +24,7 @@ def llama_quantize(
     imatrix: tensor name -> importance (ne0 or ne0 * n_expert values, as llama-quantize passes it)."""
     p = llama_cpp.llama_model_quantize_default_params()
     p.nthread = nthread
-    p.ftype = FTYPE[ftype]
+    p.ftype = FTYPES[ftype]
     keep: list = []
     if imatrix:
         arr_im = (llama_cpp.llama_model_imatrix_data * (len(imatrix) + 1))()

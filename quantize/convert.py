@@ -301,13 +301,17 @@ def prepare(ckpt: Checkpoint, opts: ConvertOptions, check_output: bool = True) -
     cfg = ckpt.config
     if check_output:
         check_writable(opts.output)
-    if (opts.target_bytes or opts.target_bpw) and (opts.recipe or opts.quant not in (None, "Q8_0")):
+    targeting = bool(opts.target_bytes or opts.target_bpw)
+    if targeting and (opts.recipe or opts.quant not in (None, "Q8_0")):
         raise InputError(
             None, "--target-size / --target-bpw choose the recipe themselves: drop --quant/--recipe"
         )
-    scheme = resolve_scheme("Q4_K_XL" if opts.target_bytes or opts.target_bpw else opts.quant, opts.recipe)
+    # when targeting, the preset only sets the base types; choose() below types every tensor once
+    scheme = resolve_scheme("Q4_K_XL" if targeting else opts.quant, opts.recipe)
     plan = plan_text(ckpt, scheme.out, mtp=opts.mtp)
-    notes = apply_recipe(plan, scheme.recipe, cfg.num_hidden_layers).notes() if scheme.recipe else []
+    notes = []
+    if scheme.recipe and not targeting:
+        notes = apply_recipe(plan, scheme.recipe, cfg.num_hidden_layers).notes()
     if scheme.stock:
         apply_stock(plan, scheme.stock, cfg, n_blocks(cfg, opts.mtp))
     vision = opts.write_mmproj and has_vision(ckpt)
@@ -327,7 +331,7 @@ def prepare(ckpt: Checkpoint, opts: ConvertOptions, check_output: bool = True) -
         *sampling_kvs(ckpt.path),
         *tokenizer_kvs(ckpt.path, cfg.vocab_size),
     ]
-    if opts.target_bytes or opts.target_bpw:
+    if targeting:
         budget = opts.target_bytes or int(opts.target_bpw * params / 8)  # type: ignore[operator]
         probe = plan_shards(
             opts.output, kvs, [TensorInfo(t.name, t.shape, t.ggml_type) for t in plan], opts.split_max_size

@@ -41,7 +41,22 @@ class OutType(StrEnum):
     Q8_0 = "Q8_0"
 
 
-FILE_TYPE = {OutType.F32: 0, OutType.F16: 1, OutType.Q8_0: 7, OutType.BF16: 32}  # llama_ftype
+# llama_ftype numbers, for general.file_type (and llama_model_quantize)
+FTYPES = {
+    "F32": 0,
+    "F16": 1,
+    "Q8_0": 7,
+    "Q2_K": 10,
+    "Q3_K_S": 11,
+    "Q3_K_M": 12,
+    "Q3_K_L": 13,
+    "Q4_K_S": 14,
+    "Q4_K_M": 15,
+    "Q5_K_S": 16,
+    "Q5_K_M": 17,
+    "Q6_K": 18,
+    "BF16": 32,
+}
 
 
 @dataclass(frozen=True)

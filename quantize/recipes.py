@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
 
 from .errors import InputError
-from .plan import OutTensor, always_f32
+from .plan import FTYPES, OutTensor, always_f32
 
 RECIPE_DIR = Path(__file__).resolve().parent.parent / "assets" / "recipes"
 
@@ -72,27 +72,6 @@ class Recipe:
     rules: tuple[Rule, ...]
     source: Path | None = None
     file_type: int = 1024  # general.file_type: the llama_ftype it is closest to (1024: "guessed")
-
-    def with_rules(self, rules: tuple[Rule, ...]) -> Recipe:
-        return replace(self, rules=rules)
-
-
-# llama_ftype numbers, for general.file_type
-FTYPES = {
-    "F32": 0,
-    "F16": 1,
-    "Q8_0": 7,
-    "Q2_K": 10,
-    "Q3_K_S": 11,
-    "Q3_K_M": 12,
-    "Q3_K_L": 13,
-    "Q4_K_S": 14,
-    "Q4_K_M": 15,
-    "Q5_K_S": 16,
-    "Q5_K_M": 17,
-    "Q6_K": 18,
-    "BF16": 32,
-}
 
 
 def parse_type(name: str) -> T:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InputError
-from .plan import FILE_TYPE, OutType
+from .plan import FTYPES, OutType
 from .recipes import Recipe, load_preset, load_recipe, preset_names
 from .stock import STOCK
 
@@ -33,10 +33,10 @@ def resolve(quant: str | None, recipe_path: Path | None) -> Scheme:
     quant = (quant or "Q8_0").upper()
     if quant in WHOLE_FILE:
         t = OutType(quant)
-        return Scheme(quant, t, None, FILE_TYPE[t])
+        return Scheme(quant, t, None, FTYPES[quant])
     if quant in preset_names():
         r = load_preset(quant)
         return Scheme(quant, OutType.Q8_0, r, r.file_type)
     if quant in STOCK:
-        return Scheme(quant, OutType.F32, None, STOCK[quant][0], stock=quant)
+        return Scheme(quant, OutType.F32, None, FTYPES[quant], stock=quant)
     raise InputError(None, f"unknown --quant {quant!r}; choose from {', '.join(choices())}")

@@ -17,14 +17,8 @@ from .config import Qwen35Config
 from .plan import OutTensor
 from .recipes import shape_fallback
 
-# name -> (llama_ftype, default type)
-STOCK: dict[str, tuple[int, T]] = {
-    "Q2_K": (10, T.Q2_K),
-    "Q3_K_M": (12, T.Q3_K),
-    "Q4_K_M": (15, T.Q4_K),
-    "Q5_K_M": (17, T.Q5_K),
-    "Q6_K": (18, T.Q6_K),
-}
+# name -> default type (llama_ftype_get_default_type)
+STOCK: dict[str, T] = {"Q2_K": T.Q2_K, "Q3_K_M": T.Q3_K, "Q4_K_M": T.Q4_K, "Q5_K_M": T.Q5_K, "Q6_K": T.Q6_K}
 
 _NOT_QUANTIZED = ("_norm.weight", "ffn_gate_inp.weight", "ssm_conv1d", ".position_embd", ".patch_embd")
 
@@ -57,7 +51,7 @@ def _use_more_bits(i: int, n: int) -> bool:
 
 def apply_stock(tensors: list[OutTensor], name: str, cfg: Qwen35Config, n_layer_all: int) -> None:
     """Set every tensor's type (in place, in file order) as llama-quantize's `name` mixture would."""
-    ftype_name, default = name, STOCK[name][1]
+    ftype_name, default = name, STOCK[name]
     n_expert = cfg.num_experts if cfg.moe else 0
     n_gqa = cfg.num_attention_heads // cfg.num_key_value_heads if cfg.num_key_value_heads else 0
     cats = [_category(t.name) for t in tensors]
