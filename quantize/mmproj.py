@@ -16,7 +16,7 @@ from gguf import GGUFValueType as V
 from .checkpoint import Checkpoint
 from .errors import InputError
 from .gguf_file import KV
-from .plan import OutTensor, OutType, Part
+from .plan import OutTensor, OutType, Part, expect_tensor
 
 PREFIX = "model.visual."
 
@@ -79,19 +79,10 @@ def plan_mmproj(ckpt: Checkpoint, out: OutType) -> list[OutTensor]:
     wt = MMPROJ_TYPE[out]
     tensors: list[OutTensor] = []
 
-    def expect(hf: str, shape: tuple[int, ...]) -> None:
-        e = ckpt.entries.get(hf)
-        if e is None:
-            raise InputError(ckpt.path, f"vision tensor {hf!r} is missing from the checkpoint")
-        if e.shape != shape:
-            raise InputError(
-                e.path, f"tensor {hf!r} has shape {list(e.shape)} but config.json implies {list(shape)}"
-            )
-
     # The patch convolution, one kernel per temporal slice.
     hf = PREFIX + "patch_embed.proj.weight"
     d, c, t, p = v.hidden_size, v.in_channels, v.temporal_patch_size, v.patch_size
-    expect(hf, (d, c, t, p, p))
+    expect_tensor(ckpt, hf, (d, c, t, p, p))
     patch_type = T.F16 if wt == T.F16 else T.F32
     idx = np.arange(d * c * t * p).reshape(d, c, t, p)
     for ti, name in enumerate(("v.patch_embd.weight", "v.patch_embd.weight.1")):
@@ -101,7 +92,7 @@ def plan_mmproj(ckpt: Checkpoint, out: OutType) -> list[OutTensor]:
         for i in blocks:
             hf = PREFIX + hf_pat.format(i=i)
             shape = tuple(dims[s] for s in shape_names)
-            expect(hf, shape)
+            expect_tensor(ckpt, hf, shape)
             name = gguf_pat.format(i=i)
             gshape = tuple(reversed(shape))
             ty = T.F32 if len(shape) == 1 or name == "v.position_embd.weight" else wt  # wt: F32/F16/BF16

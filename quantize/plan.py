@@ -15,6 +15,7 @@ from .checkpoint import Checkpoint
 from .config import Qwen35Config
 from .errors import InputError
 from .ggml import fits, tensor_bytes
+from .safetensors_io import TensorEntry
 from .tensor_map import (
     DENSE,
     FULL,
@@ -116,6 +117,20 @@ def base_type(name: str, shape: tuple[int, ...], out: OutType) -> T:
     return t
 
 
+def expect_tensor(ckpt: Checkpoint, hf: str, want: tuple[int, ...]) -> TensorEntry:
+    """The stored tensor `hf`, which must exist, be a float type and have the shape config.json implies."""
+    e = ckpt.entries.get(hf)
+    if e is None:
+        raise InputError(ckpt.path, f"tensor {hf!r} is missing from the checkpoint")
+    if e.shape != want:
+        raise InputError(
+            e.path, f"tensor {hf!r} has shape {list(e.shape)} but config.json implies {list(want)}"
+        )
+    if e.dtype not in ("F32", "F16", "BF16", "F8_E4M3"):
+        raise InputError(e.path, f"tensor {hf!r} has dtype {e.dtype}, not a float type")
+    return e
+
+
 def _hf_prefix(ckpt: Checkpoint) -> str:
     for p in TEXT_PREFIXES:
         if f"{p}embed_tokens.weight" in ckpt.entries:
@@ -133,16 +148,7 @@ class _Planner:
 
     def _expect(self, hf: str, shape: tuple[str, ...] | tuple[int, ...]) -> tuple[int, ...]:
         """Check a stored tensor against the shape config.json implies (named dims or sizes)."""
-        e = self.ckpt.entries.get(hf)
-        if e is None:
-            raise InputError(self.ckpt.path, f"tensor {hf!r} is missing from the checkpoint")
-        want = tuple(self.dims[d] if isinstance(d, str) else d for d in shape)
-        if e.shape != want:
-            raise InputError(
-                e.path, f"tensor {hf!r} has shape {list(e.shape)} but config.json implies {list(want)}"
-            )
-        if e.dtype not in ("F32", "F16", "BF16", "F8_E4M3"):
-            raise InputError(e.path, f"tensor {hf!r} has dtype {e.dtype}, not a float type")
+        e = expect_tensor(self.ckpt, hf, tuple(self.dims[d] if isinstance(d, str) else d for d in shape))
         if e.dtype == "F8_E4M3":
             self._check_scale(hf)
         self.used.add(hf)
