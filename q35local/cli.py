@@ -13,13 +13,19 @@ from . import __version__
 def build_parser() -> argparse.ArgumentParser:
     from quantize.cli import add_make_tiny_parser, add_quantize_parser
 
+    from .chat_cli import add_chat_parser
+    from .fit import add_fit_parser
     from .inspect import add_inspect_parser
     from .kld import add_kld_parser
+    from .run import add_run_parser
 
     p = argparse.ArgumentParser(prog="q35", description="Run Qwen 3.5 on your own machine.")
     p.add_argument("--version", action="version", version=f"q35 {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_quantize_parser(sub)
+    add_fit_parser(sub)
+    add_chat_parser(sub)
+    add_run_parser(sub)
     add_inspect_parser(sub)
     add_kld_parser(sub)
     add_make_tiny_parser(sub)

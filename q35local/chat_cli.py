@@ -1,0 +1,76 @@
+"""`q35 chat`: load the model with the planner's layout (a progress bar while it loads), then the app."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from quantize.errors import InputError
+
+from .runtime import default_mmproj, open_engine, template_for
+
+DEMO_MODEL = Path("demo/tiny-moe-Q8_0.gguf")
+
+
+def add_chat_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("chat", help="chat in the terminal", description="A terminal chat with a GGUF model.")
+    p.add_argument("model", type=Path, nargs="?", help="GGUF file (default: $Q35_MODEL, else the demo model)")
+    p.add_argument("--mmproj", type=Path, help="vision projector (default: MODEL.mmproj.gguf if present)")
+    p.add_argument("--ctx", type=int, default=8192, help="context length (default 8192)")
+    p.add_argument("--think", dest="think", action="store_true", default=True, help="start in thinking mode")
+    p.add_argument("--no-think", dest="think", action="store_false", help="start without thinking")
+    p.add_argument("--system", help="system prompt")
+    p.add_argument("--resume", type=int, metavar="ID", help="reopen a stored conversation")
+    p.set_defaults(func=run_chat)
+
+
+def _model(arg: Path | None) -> Path:
+    if arg is not None:
+        return arg
+    env = os.environ.get("Q35_MODEL")
+    if env:
+        return Path(env)
+    if DEMO_MODEL.is_file():
+        return DEMO_MODEL
+    raise InputError(None, "q35 chat needs a MODEL.gguf (or run `make demo` to make the tiny one)")
+
+
+def run_chat(args: argparse.Namespace) -> int:
+    from .store import Store
+    from .tui.app import ChatApp, launch
+
+    model = _model(args.model)
+    mmproj = args.mmproj or default_mmproj(model)
+    with Progress(
+        TextColumn(f"loading {model.name}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+        transient=True,
+    ) as bar:
+        task = bar.add_task("load", total=1.0)
+
+        def progress(x: float) -> bool:
+            bar.update(task, completed=x)
+            return True
+
+        engine = open_engine(model, mmproj, args.ctx, progress=progress)
+    store = Store()
+    try:
+        note = None if mmproj else f"no {model.name.removesuffix('.gguf')}.mmproj.gguf beside the model"
+        app = ChatApp(
+            engine,
+            store,
+            template_for(engine),
+            think=args.think,
+            system=args.system,
+            conversation_id=args.resume,
+            vision_note=note,
+        )
+        return launch(app)
+    finally:
+        store.close()
+        engine.close()

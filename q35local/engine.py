@@ -1,0 +1,277 @@
+"""The inference engine: a loaded GGUF (and optional mmproj) that streams text for a rendered prompt.
+
+The UI and `q35 run` talk to anything shaped like `Engine`; tests use a scripted fake with the same
+shape. The real implementation (`LlamaEngine`) drives llama.cpp's low-level API so that the load can
+apply the planner's layout (GPU layers, tensor split, experts kept in RAM).
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+import psutil
+from llama_cpp import llama_cpp
+
+from .sampling import Sampling
+from .vision import Vision
+
+DEFAULT_SAMPLING = Sampling()
+
+if TYPE_CHECKING:
+    from .planner import Plan
+
+
+@dataclass
+class EngineInfo:
+    model_path: str
+    model_name: str  # general.name
+    quant: str  # e.g. "Q4_K_M" or "mixed Q4_K/Q6_K" (from the file's tensor types)
+    n_ctx: int
+    has_vision: bool
+    layout: str  # one line: where layers and experts sit, e.g. "CPU only" or "GPU 40/40, experts 0-23 in RAM"
+    chat_template: str | None  # the GGUF's tokenizer.chat_template (untrusted: render it sandboxed)
+    image_budget: tuple[int, int] = (256 * 256, 1024 * 1024)  # (min_pixels, max_pixels) for the projector
+
+
+@dataclass
+class GenStats:
+    prompt_tokens: int = 0  # tokens in the prompt (all of them, cached or not)
+    prefill_tokens: int = 0  # of those, the ones evaluated now (the rest were in the context already)
+    completion_tokens: int = 0
+    prefill_s: float = 0.0  # time to evaluate the part of the prompt that was not cached
+    decode_s: float = 0.0
+    first_token_s: float = 0.0  # from the call to the first piece
+    stopped: bool = False  # the stop event ended it
+    finish: str = "stop"  # "stop" (end of turn), "length" (max_tokens / context full) or "cancelled"
+
+    @property
+    def prefill_tps(self) -> float:
+        n = self.prefill_tokens or self.prompt_tokens
+        return n / self.prefill_s if self.prefill_s > 0 else 0.0
+
+    @property
+    def decode_tps(self) -> float:
+        return self.completion_tokens / self.decode_s if self.decode_s > 0 else 0.0
+
+
+class EngineError(Exception):
+    """Generation failed in a way the user should see as one line (context full, vision missing...)."""
+
+
+class Engine(Protocol):
+    info: EngineInfo
+    last_stats: GenStats  # of the latest generate() call, complete once its iterator is exhausted
+
+    def context_used(self) -> int:
+        """Tokens now in the context (after the last call)."""
+        ...
+
+    def generate(
+        self,
+        prompt: str,
+        images: Sequence[np.ndarray] = (),
+        sampling: Sampling = DEFAULT_SAMPLING,
+        stop: threading.Event | None = None,
+    ) -> Iterator[str]:
+        """Stream the reply to `prompt` (a fully rendered chat prompt; each image is an RGB uint8
+        [H, W, 3] array matching one <|vision_start|><|image_pad|><|vision_end|> span, in order).
+        Yields text pieces (valid UTF-8, never a split character). Ends at end of turn, max_tokens,
+        or when `stop` is set (then last_stats.stopped is True). Raises EngineError."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class LlamaEngine:
+    """A GGUF loaded through llama.cpp's low-level API with the planner's layout.
+
+    The context keeps the tokens of the last turn: when the next prompt extends them exactly (the
+    usual chat turn), only the new tokens are evaluated. DeltaNet state cannot be rolled back
+    partially, so any other prompt clears the context and starts over."""
+
+    def __init__(
+        self,
+        model_path: Path,
+        *,
+        mmproj: Path | None = None,
+        n_ctx: int = 8192,
+        plan: Plan | None = None,
+        n_threads: int | None = None,
+        progress: Callable[[float], bool] | None = None,
+        layout: str = "CPU only",
+    ) -> None:
+        from . import llamalog
+        from .loader import load_model, model_params
+        from .modelprofile import from_gguf
+
+        llamalog.capture()
+        profile = from_gguf(Path(model_path))
+        self._lp = model_params(plan, progress=progress)
+        self.model = load_model(Path(model_path), self._lp)
+        self.vocab = llama_cpp.llama_model_get_vocab(self.model)
+        cp = llama_cpp.llama_context_default_params()
+        cp.n_ctx = n_ctx
+        cp.n_batch = self.n_batch = 512
+        cp.n_ubatch = 512
+        cp.n_seq_max = 1
+        threads = n_threads or psutil.cpu_count(logical=False) or os.cpu_count() or 1
+        cp.n_threads = cp.n_threads_batch = threads
+        self.ctx = llama_cpp.llama_init_from_model(self.model, cp)
+        if not self.ctx:
+            llama_cpp.llama_model_free(self.model)
+            raise EngineError(f"llama.cpp could not create a {n_ctx}-token context (out of memory?)")
+        self.n_ctx = llama_cpp.llama_n_ctx(self.ctx)
+        self.vision: Vision | None = None
+        if mmproj is not None:
+            self.vision = Vision(self, mmproj, n_threads=threads)  # type: ignore[arg-type]
+        self.tokens: list[int] = []  # what the context holds, in order
+        self.last_stats = GenStats()
+        self.info = EngineInfo(
+            model_path=str(model_path),
+            model_name=profile.name,
+            quant=profile.quant,
+            n_ctx=self.n_ctx,
+            has_vision=self.vision is not None,
+            layout=layout,
+            chat_template=self._meta("tokenizer.chat_template"),
+        )
+
+    def _meta(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(1 << 20)
+        n = llama_cpp.llama_model_meta_val_str(self.model, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", errors="replace") if n >= 0 else None
+
+    def context_used(self) -> int:
+        return len(self.tokens)
+
+    def tokenize(self, text: str) -> list[int]:
+        raw = text.encode()
+        cap = len(raw) + 16
+        arr = (llama_cpp.llama_token * cap)()
+        n = llama_cpp.llama_tokenize(self.vocab, raw, len(raw), arr, cap, False, True)
+        if n < 0:
+            arr = (llama_cpp.llama_token * -n)()
+            n = llama_cpp.llama_tokenize(self.vocab, raw, len(raw), arr, -n, False, True)
+        return list(arr[:n])
+
+    def _piece(self, tok: int) -> bytes:
+        buf = ctypes.create_string_buffer(64)
+        n = llama_cpp.llama_token_to_piece(self.vocab, tok, buf, len(buf), 0, False)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self.vocab, tok, buf, len(buf), 0, False)
+        return buf.raw[:n]
+
+    def _clear(self) -> None:
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx), True)
+        self.tokens = []
+
+    def _decode(self, toks: list[int]) -> None:
+        for i in range(0, len(toks), self.n_batch):
+            chunk = toks[i : i + self.n_batch]
+            arr = (llama_cpp.llama_token * len(chunk))(*chunk)
+            rc = llama_cpp.llama_decode(self.ctx, llama_cpp.llama_batch_get_one(arr, len(chunk)))
+            if rc != 0:
+                self._clear()
+                raise EngineError(f"llama.cpp could not evaluate the prompt (llama_decode returned {rc})")
+            self.tokens.extend(chunk)
+
+    def _sampler(self, s: Sampling) -> int:
+        chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        add = llama_cpp.llama_sampler_chain_add
+        if s.presence_penalty or s.repeat_penalty != 1.0:
+            add(chain, llama_cpp.llama_sampler_init_penalties(64, s.repeat_penalty, 0.0, s.presence_penalty))
+        if s.temperature <= 0:
+            add(chain, llama_cpp.llama_sampler_init_greedy())
+            return chain
+        if s.top_k > 0:
+            add(chain, llama_cpp.llama_sampler_init_top_k(s.top_k))
+        if s.top_p < 1.0:
+            add(chain, llama_cpp.llama_sampler_init_top_p(s.top_p, 1))
+        if s.min_p > 0:
+            add(chain, llama_cpp.llama_sampler_init_min_p(s.min_p, 1))
+        add(chain, llama_cpp.llama_sampler_init_temp(s.temperature))
+        seed = s.seed if s.seed is not None else llama_cpp.LLAMA_DEFAULT_SEED
+        add(chain, llama_cpp.llama_sampler_init_dist(seed))
+        return chain
+
+    def _prefill(self, prompt: str, images: Sequence[np.ndarray]) -> tuple[int, int]:
+        """Evaluate what the context does not hold yet: (prompt tokens, tokens evaluated now)."""
+        if images:
+            if self.vision is None:
+                raise EngineError("this model has no vision projector (mmproj): load one with --mmproj")
+            self._clear()
+            n_past = self.vision.eval_prompt(self, prompt, list(images), 0)  # type: ignore[arg-type]
+            # positions, not tokens, after images (M-RoPE); remember a placeholder so the next turn
+            # never mistakes this context for a text prefix
+            self.tokens = [-1] * n_past
+            return n_past, n_past
+        toks = self.tokenize(prompt)
+        if len(toks) >= self.n_ctx:
+            raise EngineError(f"the prompt is {len(toks)} tokens; the context holds {self.n_ctx}")
+        n = len(self.tokens)
+        if not (n and n < len(toks) and toks[:n] == self.tokens):
+            self._clear()
+            n = 0
+        self._decode(toks[n:])
+        return len(toks), len(toks) - n
+
+    def generate(
+        self,
+        prompt: str,
+        images: Sequence[np.ndarray] = (),
+        sampling: Sampling = DEFAULT_SAMPLING,
+        stop: threading.Event | None = None,
+    ) -> Iterator[str]:
+        stats = self.last_stats = GenStats()
+        t0 = time.perf_counter()
+        stats.prompt_tokens, stats.prefill_tokens = self._prefill(prompt, images)
+        t1 = time.perf_counter()
+        stats.prefill_s = t1 - t0
+        chain = self._sampler(sampling)
+        utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        stats.finish = "length"
+        try:
+            for _ in range(sampling.max_tokens):
+                if stop is not None and stop.is_set():
+                    stats.stopped, stats.finish = True, "cancelled"
+                    break
+                tok = llama_cpp.llama_sampler_sample(chain, self.ctx, -1)
+                if llama_cpp.llama_vocab_is_eog(self.vocab, tok):
+                    stats.finish = "stop"
+                    break
+                if len(self.tokens) + 1 >= self.n_ctx:
+                    break
+                stats.completion_tokens += 1
+                text = utf8.decode(self._piece(tok))
+                self._decode([tok])
+                if text:
+                    if not stats.first_token_s:
+                        stats.first_token_s = time.perf_counter() - t0
+                    yield text
+            tail = utf8.decode(b"", final=True)
+            if tail:
+                yield tail
+        finally:
+            llama_cpp.llama_sampler_free(chain)
+            stats.decode_s = time.perf_counter() - t1
+
+    def close(self) -> None:
+        if self.vision is not None:
+            self.vision.close()
+            self.vision = None
+        if self.ctx:
+            llama_cpp.llama_free(self.ctx)
+            self.ctx = None
+        if self.model:
+            llama_cpp.llama_model_free(self.model)
+            self.model = None

@@ -1,0 +1,343 @@
+"""`q35 fit`: will this model run here, laid out how, how fast, and if not, what would make it fit."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+from dataclasses import replace
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from quantize.errors import InputError
+
+from .hardware import PROFILES, GiB, Hardware, resolve_hardware
+from .modelprofile import ModelProfile, from_checkpoint, from_gguf
+from .official import OFFICIAL, lookup, official_profiles
+from .planner import Plan, Settings, plan
+from .speed import Estimate, estimate
+
+PRESETS_BEST = ["Q8_0", "Q6_K_XL", "Q5_K_XL", "Q4_K_XL", "Q3_K_XL", "Q2_K_XL"]
+LADDER = ["Q8_0", "Q6_K_XL", "Q5_K_XL", "Q4_K_XL", "Q3_K_XL", "Q2_K_XL"]
+
+
+def add_fit_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "fit",
+        help="will a model run on this machine: layout, memory per device, speed",
+        description="Plan a Qwen 3.5 model on this machine (or a described one): verdict, memory per "
+        "device, what sits where, estimated speed, and the command to run it.",
+    )
+    p.add_argument(
+        "model",
+        nargs="?",
+        help="a GGUF (single or split), a checkpoint folder (with --quant), or an official name "
+        f"({', '.join(OFFICIAL)}); optional with --best",
+    )
+    p.add_argument("--quant", type=str.upper, help="for a checkpoint or an official name (default Q4_K_XL)")
+    p.add_argument(
+        "--mmproj", type=Path, help="the vision projector GGUF (default: MODEL.mmproj.gguf if present)"
+    )
+    p.add_argument("--ctx", type=int, default=8192, help="context length in tokens (default 8192)")
+    p.add_argument("--parallel", type=int, default=1, help="parallel sequences (llama-server -np)")
+    p.add_argument("--kv-type", default="f16", choices=["f16", "q8_0", "q4_0"], help="KV cache type")
+    p.add_argument("--margin", type=float, default=1.0, help="GiB kept free on each device (default 1)")
+    p.add_argument(
+        "--hardware",
+        default="auto",
+        help=f"auto (probe this machine), a profile ({', '.join(PROFILES)}), or a TOML/JSON file",
+    )
+    p.add_argument("--best", action="store_true", help="rank official model × preset combinations that fit")
+    p.add_argument("--calibrate", action="store_true", help="measure decode/prefill here (GGUF, ~20 s)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run_fit)
+
+
+def load_profile(model: str, quant: str | None, mmproj: Path | None = None) -> ModelProfile:
+    """A GGUF, a checkpoint folder (+ quant) or an official name."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return from_checkpoint(path, quant or "Q4_K_XL")
+    if path.suffix == ".gguf" or path.exists():
+        if quant:
+            raise InputError(path, "--quant is for checkpoints and official names; a GGUF has its own")
+        if mmproj is None:
+            guess = path.with_name(path.name.removesuffix(".gguf") + ".mmproj.gguf")
+            mmproj = guess if guess.is_file() else None
+        return from_gguf(path, mmproj)
+    if lookup(model) is not None:
+        q = quant or "Q4_K_XL"
+        return official_profiles(model, [q])[q]
+    raise InputError(path, "no such GGUF or checkpoint folder, and not an official Qwen 3.5 name")
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    if args.ctx < 256:
+        raise InputError(None, f"--ctx {args.ctx}: at least 256 tokens")
+    return Settings(
+        n_ctx=args.ctx, n_seq=max(1, args.parallel), kv_type=args.kv_type, margin=int(args.margin * GiB)
+    )
+
+
+def suggestions(m: ModelProfile, hw: Hardware, s: Settings, p: Plan) -> list[str]:
+    """The smallest changes that make it fit."""
+    if p.fits:
+        return []
+    out = []
+    # shorter context
+    if s.n_ctx > 4096:
+        lo, hi = 4096, s.n_ctx
+        if plan(m, hw, replace(s, n_ctx=lo)).fits:
+            while hi - lo > 256:
+                mid = (lo + hi) // 2 // 256 * 256
+                lo, hi = (mid, hi) if plan(m, hw, replace(s, n_ctx=mid)).fits else (lo, mid)
+            out.append(f"a shorter context: --ctx {lo} fits")
+    # a Mac's GPU cap
+    if hw.unified and hw.devices:
+        gpu = p.devices[0]
+        need_mb = (gpu.planned_bytes + s.margin + m.expert_bytes) // (1 << 20) + 1024
+        if need_mb * (1 << 20) + 8 * GiB <= hw.ram_total:
+            raised = hw.with_(
+                devices=(replace(hw.devices[0], total_bytes=need_mb << 20, free_bytes=None),),
+                metal_wired_limit_mb=need_mb,
+            )
+            if plan(m, raised, s).fits:
+                out.append(
+                    f"raise the GPU memory cap: sudo sysctl iogpu.wired_limit_mb={need_mb} "
+                    "(until reboot; undo with sudo sysctl iogpu.wired_limit_mb=0)"
+                )
+    # a lower preset
+    deficit = max(0, p.memory()["total"] + s.margin * len(p.devices) - _capacity(hw))
+    if m.source.startswith("official: "):
+        name = m.source.removeprefix("official: ")
+        lower = [q for q in LADDER if q != m.quant]
+        for q, prof in official_profiles(name, lower).items():
+            if prof.file_bytes < m.file_bytes and plan(prof, hw, s).fits:
+                out.append(f"a lower preset: --quant {q} ({prof.file_bytes / 1e9:.1f} GB) fits")
+                break
+    elif deficit:
+        out.append(f"a smaller quantization: about {max(0, m.file_bytes - deficit) / 1e9:.1f} GB or less")
+    # more RAM
+    host = p.devices[-1]
+    ram_need = (
+        host.planned_bytes + s.margin + (sum(d.planned_bytes for d in p.devices[:-1]) if hw.unified else 0)
+    )
+    if ram_need > hw.usable_ram():
+        out.append(f"more RAM: {(ram_need - hw.usable_ram()) / GiB:.0f} GiB more than is available now")
+    return out
+
+
+def _capacity(hw: Hardware) -> int:
+    if hw.unified:
+        return hw.usable_ram()
+    return hw.usable_ram() + sum(d.usable_bytes for d in hw.devices)
+
+
+def llama_server_flags(m: ModelProfile, p: Plan, model_arg: str) -> str:
+    s = p.settings
+    flags = ["llama-server", "-m", model_arg, "-c", str(s.n_ctx), "-fa", "on"]
+    if p.devices[:-1]:
+        flags += ["-ngl", "999" if not p.cpu_layers else str(p.n_gpu_layers)]
+        cpu = sorted(p.cpu_expert_layers)
+        if cpu and len(p.devices) == 2 and cpu == list(range(len(cpu))):
+            flags += ["--n-cpu-moe", str(len(cpu))]
+        elif cpu:
+            flags += ["-ot", f"{p.overrides[0][0]}=CPU"]
+        if p.tensor_split:
+            flags += ["--tensor-split", ",".join(f"{x:g}" for x in p.tensor_split)]
+    if s.n_seq > 1:
+        flags += ["-np", str(s.n_seq)]
+    if s.kv_type != "f16":
+        flags += ["-ctk", s.kv_type, "-ctv", s.kv_type]
+    return shlex.join(flags)
+
+
+def _ranges(layers: list[int]) -> str:
+    if not layers:
+        return "none"
+    out, start, prev = [], layers[0], layers[0]
+    for x in [*layers[1:], None]:
+        if x is not None and x == prev + 1:
+            prev = x
+            continue
+        out.append(f"{start}" if start == prev else f"{start}–{prev}")
+        if x is not None:
+            start = prev = x
+    return ", ".join(out)
+
+
+def report_json(m: ModelProfile, hw: Hardware, p: Plan, e: Estimate, sugg: list[str], model_arg: str) -> dict:
+    d = p.to_json()
+    for dev, src in zip(d["devices"], p.devices, strict=True):
+        dev["kind"] = src.kind
+    return {
+        "model": {
+            "name": m.name,
+            "source": m.source,
+            "quant": m.quant,
+            "file_bytes": m.file_bytes,
+            "params": m.params,
+            "active_bytes_per_token": m.active_bytes(),
+        },
+        "hardware": {"name": hw.name, "notes": list(hw.notes)},
+        **d,
+        "estimate": e.to_json(),
+        "suggestions": sugg,
+        "commands": {
+            "q35": chat_command(m, p, model_arg),
+            "llama_server": llama_server_flags(m, p, model_arg),
+        },
+    }
+
+
+def chat_command(m: ModelProfile, p: Plan, model_arg: str) -> str:
+    return shlex.join(["q35", "chat", model_arg, "--ctx", str(p.settings.n_ctx)])
+
+
+def print_report(
+    console: Console, m: ModelProfile, hw: Hardware, p: Plan, e: Estimate, sugg: list[str], model_arg: str
+) -> None:
+    colour = "green" if p.verdict.startswith("fits on") else ("yellow" if p.fits else "red")
+    console.print(
+        f"[bold]{m.name}[/] {m.quant}, {_size(m.file_bytes)} ({m.params / 1e9:.3g}B params) "
+        f"on [bold]{hw.name}[/]: [bold {colour}]{p.verdict}[/] at {p.settings.n_ctx:,} tokens of context"
+    )
+    t = Table(title_justify="left")
+    for col in ("device", "total", "usable", "weights", "KV", "state", "compute", "mmproj", "planned"):
+        t.add_column(col, justify="left" if col == "device" else "right")
+
+    def g(n: int) -> str:
+        return f"{n / GiB:.1f}G" if n >= GiB / 10 else f"{n / 2**20:.0f}M"
+
+    for d in p.devices:
+        over = d.planned_bytes + p.settings.margin > d.usable_bytes
+        t.add_row(
+            d.name,
+            g(d.total_bytes),
+            g(d.usable_bytes),
+            g(d.weights),
+            g(d.kv),
+            g(d.recurrent),
+            g(d.compute),
+            g(d.mmproj),
+            f"[{'red' if over else 'bold'}]{g(d.planned_bytes)}[/]",
+        )
+    console.print(t)
+    console.print(
+        "[dim]G = GiB, M = MiB; state = DeltaNet recurrent state; usable = free memory (on a Mac "
+        f"the GPU's working-set cap); {p.settings.margin / GiB:.1f} GiB kept free on each[/]"
+    )
+    for d in p.devices:
+        if d.kind == "cpu":
+            parts = ["token embedding"]
+            if d.layers:
+                parts.append(f"layers {_ranges(d.layers)}")
+            cpu_exp = sorted(set(p.cpu_expert_layers))
+            if cpu_exp:
+                parts.append(f"routed experts of layers {_ranges(cpu_exp)}")
+            console.print(f"  {d.name}: {', '.join(parts)}")
+        else:
+            console.print(
+                f"  {d.name}: layers {_ranges(d.layers)}; routed experts of {len(d.expert_layers)} of them"
+                + ("; LM head" if d is p.devices[-2] else "")
+            )
+    console.print(
+        f"Estimated speed: decode [bold]{e.decode_tps:.1f}[/] tokens/s, "
+        f"prefill [bold]{e.prefill_tps:.0f}[/] tokens/s"
+        + (" (calibrated here)" if e.calibrated else " (estimate; --calibrate measures this machine)")
+    )
+    for a in e.assumptions:
+        console.print(f"  [dim]{a}[/]")
+    for r in p.reasons:
+        console.print(f"[red]✗ {r}[/]")
+    if sugg:
+        console.print("To make it fit:")
+        for s_ in sugg:
+            console.print(f"  • {s_}")
+    for n in hw.notes:
+        console.print(f"[dim]note: {n}[/]")
+    if p.fits:
+        console.print(f"Run it:  [bold]{chat_command(m, p, model_arg)}[/]")
+        console.print(f"llama.cpp:  {llama_server_flags(m, p, model_arg)}")
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
+
+
+def best(hw: Hardware, s: Settings) -> list[dict]:
+    """Official model × preset combinations that fit, best expected quality first: the larger model
+    wins over more bits down to 3 bits (Qwen's own and the community's KLD results put a 2-3-bit
+    large MoE above a 4-8-bit smaller sibling only from about 3 bits on), then more bits."""
+    rows = []
+    for name in OFFICIAL:
+        for q, prof in official_profiles(name, PRESETS_BEST).items():
+            pl = plan(prof, hw, s)
+            if not pl.fits:
+                continue
+            e = estimate(prof, hw, pl)
+            bits = 8 * prof.weights / prof.params
+            rows.append(
+                {
+                    "model": name,
+                    "quant": q,
+                    "file_bytes": prof.file_bytes,
+                    "verdict": pl.verdict,
+                    "bits_per_weight": round(bits, 2),
+                    "decode_tps": round(e.decode_tps, 1),
+                    "params": prof.params,
+                }
+            )
+    rows.sort(key=lambda r: (r["bits_per_weight"] >= 3.0, r["params"], r["bits_per_weight"]), reverse=True)
+    return rows
+
+
+def run_fit(args: argparse.Namespace) -> int:
+    hw = resolve_hardware(args.hardware)
+    s = settings_from(args)
+    console = Console()
+    if args.best:
+        rows = best(hw, s)
+        if args.json:
+            print(json.dumps({"hardware": hw.name, "ranked": rows}, indent=1))
+            return 0
+        t = Table(title=f"Qwen 3.5 on {hw.name}, {s.n_ctx:,} tokens of context: what fits, best first")
+        for col in ("model", "quant", "GB", "bits/weight", "layout", "decode t/s"):
+            t.add_column(col)
+        for r in rows[:15]:
+            t.add_row(
+                r["model"],
+                r["quant"],
+                f"{r['file_bytes'] / 1e9:.1f}",
+                f"{r['bits_per_weight']:.2f}",
+                r["verdict"],
+                f"{r['decode_tps']:.1f}",
+            )
+        console.print(t)
+        if not rows:
+            console.print("[red]No official Qwen 3.5 model fits this machine at this context.[/]")
+        return 0
+    if not args.model:
+        raise InputError(None, "q35 fit needs a MODEL (or --best)")
+    m = load_profile(args.model, args.quant, args.mmproj)
+    if args.mmproj is None and not m.mmproj_bytes:
+        s = replace(s, mmproj=False)
+    p = plan(m, hw, s)
+    factors = None
+    if args.calibrate:
+        from .calibrate import calibrate
+
+        factors = calibrate(Path(args.model), m, hw, p, console=None if args.json else console)
+    else:
+        from .calibrate import load_factors
+
+        factors = load_factors(hw) if args.hardware == "auto" else None
+    e = estimate(m, hw, p, factors)
+    sugg = suggestions(m, hw, s, p)
+    if args.json:
+        print(json.dumps(report_json(m, hw, p, e, sugg, args.model), indent=1))
+    else:
+        print_report(console, m, hw, p, e, sugg, args.model)
+    return 0 if p.fits else 2

@@ -1,0 +1,86 @@
+"""From a plan to llama.cpp's load parameters: one path for `q35 chat`, `q35 run` and `q35 fit --calibrate`.
+
+llama-cpp-python's `Llama()` exposes neither `tensor_buft_overrides` nor a way to keep routed experts
+in RAM, so the model is loaded through the low-level API with our own NULL-terminated override array
+(buffer types from ggml's device registry) and a writable tensor_split of llama_max_devices() floats.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from llama_cpp import llama_cpp
+
+from quantize.errors import InputError
+
+from .ggml_devices import buffer_type
+from .planner import Plan
+
+
+class _Override(ctypes.Structure):
+    # struct llama_model_tensor_buft_override { const char * pattern; ggml_backend_buffer_type_t buft; }
+    _fields_ = [("pattern", ctypes.c_char_p), ("buft", ctypes.c_void_p)]
+
+
+@dataclass
+class LoadParams:
+    """llama_model_params plus the ctypes objects it points into (kept alive with it)."""
+
+    params: llama_cpp.llama_model_params
+    keep: list[object] = field(default_factory=list)
+
+
+def model_params(
+    plan: Plan | None = None,
+    *,
+    progress: Callable[[float], bool] | None = None,
+    no_alloc: bool = False,
+    use_mmap: bool = True,
+) -> LoadParams:
+    mp = llama_cpp.llama_model_default_params()
+    keep: list[object] = []
+    gpus = [d for d in (plan.devices if plan else []) if d.kind != "cpu"]
+    mp.n_gpu_layers = plan.n_gpu_layers if gpus else 0
+    if plan and plan.tensor_split:
+        arr = (ctypes.c_float * llama_cpp.LLAMA_MAX_DEVICES)()
+        for i, x in enumerate(plan.tensor_split[: llama_cpp.LLAMA_MAX_DEVICES]):
+            arr[i] = x
+        mp.tensor_split = arr
+        keep.append(arr)
+    if plan and gpus and plan.overrides:
+        n = len(plan.overrides)
+        ov = (_Override * (n + 1))()
+        for i, (rx, dev) in enumerate(plan.overrides):
+            pat = ctypes.create_string_buffer(rx.encode())
+            keep.append(pat)
+            ov[i].pattern = ctypes.cast(pat, ctypes.c_char_p)
+            ov[i].buft = buffer_type(dev)
+        ov[n].pattern, ov[n].buft = None, None
+        mp.tensor_buft_overrides = ctypes.cast(ov, ctypes.c_void_p)
+        keep.append(ov)
+    if no_alloc:
+        mp.no_alloc = True
+        mp.load_mode = llama_cpp.LLAMA_LOAD_MODE_NONE  # the memory-fit pass maps nothing
+    elif not use_mmap:
+        mp.load_mode = llama_cpp.LLAMA_LOAD_MODE_NONE
+    if progress is not None:
+        cb = llama_cpp.llama_progress_callback(lambda p, _ud: bool(progress(float(p))))
+        mp.progress_callback = cb
+        keep.append(cb)
+    return LoadParams(mp, keep)
+
+
+def load_model(path: Path, lp: LoadParams) -> int:
+    """llama_model pointer, or an InputError naming the file."""
+    if not Path(path).is_file():
+        raise InputError(path, "no such GGUF file")
+    with open(path, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise InputError(path, "not a GGUF file (bad magic)")
+    model = llama_cpp.llama_model_load_from_file(str(path).encode(), lp.params)
+    if not model:
+        raise InputError(path, "llama.cpp could not load this model (corrupt, truncated or not Qwen 3.5)")
+    return model

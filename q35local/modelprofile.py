@@ -1,0 +1,268 @@
+"""A model's memory profile: what each layer weighs, and what context and sequences cost.
+
+Built from a GGUF's header (single or split), from a checkpoint plus a quantization (the exact
+tensors `q35 quantize` would write, without writing), or from a built-in official config. The
+planner needs only this, never the file.
+
+Qwen 3.5 facts the numbers follow (llama.cpp's hybrid memory): KV cache only for full-attention
+layers; DeltaNet layers keep a recurrent state per sequence, always f32: conv (d_conv-1)·(d_inner +
+2·n_group·d_state) and delta-rule d_state·d_inner floats. The token embedding stays in host memory
+(llama.cpp's input layer is on the CPU); MTP (nextn) layers are not loaded unless asked for.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from quantize.errors import InputError
+from quantize.ggml import tensor_bytes
+from quantize.gguf_file import read_gguf
+
+MiB = 1 << 20
+EXPERTS = re.compile(r"\.ffn_(up|down|gate|gate_up)_(ch|)exps\.")
+_BLK = re.compile(r"^blk\.(\d+)\.")
+_SPLIT = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
+# bytes per element of the KV cache types llama.cpp offers (-ctk/-ctv)
+KV_TYPE_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q5_1": 24 / 32, "q5_0": 22 / 32,
+                 "q4_1": 20 / 32, "q4_0": 18 / 32}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class LayerBytes:
+    dense: int  # attention or DeltaNet, norms, router, shared expert
+    experts: int  # routed experts (ffn_*_exps): what --n-cpu-moe keeps in RAM
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    name: str
+    source: str  # a path, or "official: NAME"
+    quant: str  # the file type / preset, or a summary of tensor types
+    arch: str  # qwen35 | qwen35moe
+    n_embd: int
+    n_vocab: int
+    n_ctx_train: int
+    recurrent: tuple[bool, ...]  # per main layer: DeltaNet (True) or full attention
+    n_head_kv: int
+    key_length: int
+    value_length: int
+    ssm_conv: int
+    ssm_state: int
+    ssm_group: int
+    ssm_inner: int
+    n_expert: int
+    n_expert_used: int
+    layers: tuple[LayerBytes, ...]
+    token_embd: int
+    output: int  # output.weight + output_norm (the LM head; shares token_embd when tied)
+    nextn: int  # MTP layers: loaded only with MTP on
+    file_bytes: int  # on disk, headers included
+    params: int
+    mmproj_bytes: int = 0
+    tied: bool = False
+
+    @property
+    def n_layer(self) -> int:
+        return len(self.layers)
+
+    @property
+    def n_full(self) -> int:
+        return sum(not r for r in self.recurrent)
+
+    @property
+    def weights(self) -> int:
+        """Bytes llama.cpp loads (without MTP layers)."""
+        return self.token_embd + self.output + sum(lb.dense + lb.experts for lb in self.layers)
+
+    @property
+    def expert_bytes(self) -> int:
+        return sum(lb.experts for lb in self.layers)
+
+    def kv_bytes_per_token(self, kv_type: str = "f16") -> float:
+        return self.n_full * self.n_head_kv * (self.key_length + self.value_length) * KV_TYPE_BYTES[kv_type]
+
+    def kv_layer_bytes(self, n_ctx: int, n_seq: int = 1, kv_type: str = "f16") -> int:
+        """One full-attention layer's K and V for n_ctx cells (llama.cpp pads the context to 256).
+        With a unified cache (llama.cpp's default) n_seq sequences share the n_ctx cells."""
+        cells = -(-n_ctx // 256) * 256
+        per = self.n_head_kv * (self.key_length + self.value_length) * KV_TYPE_BYTES[kv_type]
+        return int(cells * per)
+
+    def kv_bytes(self, n_ctx: int, n_seq: int = 1, kv_type: str = "f16") -> int:
+        return self.n_full * self.kv_layer_bytes(n_ctx, n_seq, kv_type)
+
+    def rs_layer_bytes(self, n_seq: int = 1) -> int:
+        conv = (self.ssm_conv - 1) * (self.ssm_inner + 2 * self.ssm_group * self.ssm_state)
+        delta = self.ssm_state * self.ssm_inner
+        return 4 * (conv + delta) * max(1, n_seq)
+
+    def recurrent_bytes(self, n_seq: int = 1) -> int:
+        return sum(self.recurrent) * self.rs_layer_bytes(n_seq)
+
+    def active_bytes(self) -> int:
+        """Weight bytes read per decoded token: every dense byte, the routed experts in use
+        (n_expert_used of n_expert), and the LM head; the embedding is one row, so nothing."""
+        frac = self.n_expert_used / self.n_expert if self.n_expert else 1.0
+        return self.output + sum(lb.dense + int(lb.experts * frac) for lb in self.layers)
+
+    def active_params(self) -> float:
+        return self.params * self.active_bytes() / max(1, self.weights)
+
+
+def split_paths(path: Path) -> list[Path]:
+    """All shards of a split GGUF (given any one of them), or [path]."""
+    m = _SPLIT.search(path.name)
+    if not m:
+        return [path]
+    n = int(m.group(2))
+    paths = [path.with_name(_SPLIT.sub(f"-{i:05d}-of-{n:05d}.gguf", path.name)) for i in range(1, n + 1)]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise InputError(missing[0], f"shard {missing[0].name} of this split model is missing")
+    return paths
+
+
+def _quant_label(kv: dict, type_bytes: dict[str, int]) -> str:
+    from gguf import LlamaFileType
+
+    ft = kv.get("general.file_type")
+    try:
+        name = LlamaFileType(int(ft)).name.removeprefix("MOSTLY_") if ft is not None else None
+    except ValueError:
+        name = None
+    top = max(type_bytes, key=type_bytes.__getitem__) if type_bytes else "?"
+    return name or top
+
+
+def from_tensors(
+    name: str,
+    source: str,
+    quant: str,
+    kv: dict,
+    tensors: list[tuple[str, int, int]],  # name, bytes, elements
+    file_bytes: int,
+    mmproj_bytes: int = 0,
+) -> ModelProfile:
+    """The profile from metadata keys (GGUF names) and every tensor's size."""
+    arch = str(kv.get("general.architecture", ""))
+    if arch not in ("qwen35", "qwen35moe"):
+        raise InputError(source, f"architecture {arch or 'unknown'!r} is not Qwen 3.5 (qwen35, qwen35moe)")
+
+    def k(key: str, default: object = None) -> object:
+        v = kv.get(f"{arch}.{key}", default)
+        if v is None:
+            raise InputError(source, f"metadata has no {arch}.{key}")
+        return v
+
+    n_blocks = int(k("block_count"))
+    n_nextn = int(k("nextn_predict_layers", 0))
+    n_layer = n_blocks - n_nextn
+    rec = kv.get(f"{arch}.attention.recurrent_layers")
+    if isinstance(rec, list | tuple) and len(rec) >= n_layer:
+        recurrent = tuple(bool(x) for x in rec[:n_layer])
+    else:
+        interval = int(k("full_attention_interval", 4))
+        recurrent = tuple((i + 1) % interval != 0 for i in range(n_layer))
+    dense = [0] * n_layer
+    experts = [0] * n_layer
+    embd = out = nextn = params = 0
+    names = set()
+    for tname, nbytes, numel in tensors:
+        names.add(tname)
+        params += numel
+        m = _BLK.match(tname)
+        if m:
+            il = int(m.group(1))
+            if il >= n_layer:
+                nextn += nbytes
+            elif EXPERTS.search(tname):
+                experts[il] += nbytes
+            else:
+                dense[il] += nbytes
+        elif tname.startswith("token_embd"):
+            embd += nbytes
+        else:  # output.weight, output_norm.weight
+            out += nbytes
+    vocab = kv.get("tokenizer.ggml.tokens")
+    n_vocab = int(kv.get(f"{arch}.vocab_size") or 0)
+    if not n_vocab:
+        n_vocab = len(vocab) if isinstance(vocab, list | tuple) else int(getattr(vocab, "count", 0))
+    return ModelProfile(
+        name=name,
+        source=source,
+        quant=quant,
+        arch=arch,
+        n_embd=int(k("embedding_length")),
+        n_vocab=n_vocab,
+        n_ctx_train=int(k("context_length")),
+        recurrent=recurrent,
+        n_head_kv=int(k("attention.head_count_kv")),
+        key_length=int(k("attention.key_length")),
+        value_length=int(k("attention.value_length")),
+        ssm_conv=int(k("ssm.conv_kernel")),
+        ssm_state=int(k("ssm.state_size")),
+        ssm_group=int(k("ssm.group_count")),
+        ssm_inner=int(k("ssm.inner_size")),
+        n_expert=int(kv.get(f"{arch}.expert_count", 0) or 0),
+        n_expert_used=int(kv.get(f"{arch}.expert_used_count", 0) or 0),
+        layers=tuple(LayerBytes(d, e) for d, e in zip(dense, experts, strict=True)),
+        token_embd=embd,
+        output=out,
+        nextn=nextn,
+        file_bytes=file_bytes,
+        params=params,
+        mmproj_bytes=mmproj_bytes,
+        tied="output.weight" not in names,
+    )
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def from_gguf(path: Path, mmproj: Path | None = None) -> ModelProfile:
+    """From a GGUF's header alone (every shard of a split file)."""
+    if not path.is_file():
+        raise InputError(path, "no such GGUF file" if not path.exists() else "not a file")
+    kv: dict = {}
+    tensors: list[tuple[str, int, int]] = []
+    file_bytes = 0
+    for p in split_paths(path):
+        try:
+            lay = read_gguf(p)
+        except (ValueError, OSError, UnicodeDecodeError) as e:
+            raise InputError(p, f"not a readable GGUF ({e})") from None
+        except Exception as e:  # struct.error, truncated headers
+            raise InputError(p, f"corrupt GGUF header ({type(e).__name__}: {e})") from None
+        if not kv:
+            kv = dict(lay.kv)
+        for name, shape, ttype, _off in lay.tensors:
+            tensors.append((name, tensor_bytes(ttype, shape), _numel(shape)))
+        file_bytes += p.stat().st_size
+    type_bytes: dict[str, int] = {}
+    mm = 0
+    if mmproj is not None and mmproj.is_file():
+        mm = mmproj.stat().st_size
+    name = str(kv.get("general.name") or path.stem)
+    return from_tensors(name, str(path), _quant_label(kv, type_bytes), kv, tensors, file_bytes, mm)
+
+
+def from_checkpoint(ckpt: Path, quant: str) -> ModelProfile:
+    """What `q35 quantize CKPT --quant QUANT` would write: the same planning, nothing read or written."""
+    from quantize.convert import ConvertOptions, convert
+
+    out = Path(ckpt) / f"_fit-{quant}.gguf"
+    r = convert(ConvertOptions(checkpoint=Path(ckpt), output=out, quant=quant), dry_run=True)
+    return _from_result(r, str(ckpt), quant)
+
+
+def _from_result(r: object, source: str, quant: str) -> ModelProfile:
+    kv = {x.key: x.value for x in r.model.shards[0].kvs}  # type: ignore[attr-defined]
+    tensors = [(t.name, t.nbytes, t.numel) for t in r.model.tensors]  # type: ignore[attr-defined]
+    mm = r.mmproj.nbytes if r.mmproj else 0  # type: ignore[attr-defined]
+    return from_tensors(str(kv.get("general.name")), source, quant, kv, tensors, r.model.nbytes, mm)  # type: ignore[attr-defined]

@@ -1,0 +1,298 @@
+"""The offload planner: pure functions from (model profile, hardware, settings) to a layout.
+
+Placement follows what works for Qwen 3.5 MoE (and what llama.cpp's --fit does, plus the host-RAM
+check it lacks): everything on the GPUs if it fits; else what every token uses (attention, DeltaNet,
+shared experts, norms, routers, the LM head) on the GPUs, and routed-expert layers on each GPU front to
+back while they fit, the rest in RAM; a dense model that still does not fit keeps its first layers on
+the CPU. Layers are split across GPUs in contiguous blocks (llama.cpp's layer split) sized to each
+GPU's free memory, and each GPU takes expert layers from its own block, so two GPUs fill evenly.
+On Apple Silicon the GPU's working-set cap and the RAM both hold.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from .hardware import Device, GiB, Hardware
+from .modelprofile import ModelProfile
+
+MiB = 1 << 20
+CUDA_OVERHEAD = 400 * MiB  # the CUDA context and cuBLAS workspace: allocated before any weight
+
+
+@dataclass(frozen=True)
+class Settings:
+    n_ctx: int = 8192
+    n_seq: int = 1  # parallel sequences (llama-server -np)
+    kv_type: str = "f16"
+    n_ubatch: int = 512
+    margin: int = 1 * GiB  # kept free on every device
+    mmproj: bool = True  # load the vision projector too
+    mmap: bool = True
+
+
+@dataclass
+class DevicePlan:
+    name: str
+    kind: str  # cpu | cuda | metal
+    total_bytes: int
+    usable_bytes: int  # what the plan may use (free or capped), before the margin
+    weights: int = 0
+    kv: int = 0
+    recurrent: int = 0
+    compute: int = 0
+    mmproj: int = 0
+    layers: list[int] = field(default_factory=list)  # whole layers (attention/DeltaNet part) here
+    expert_layers: list[int] = field(default_factory=list)  # layers whose routed experts are here
+
+    @property
+    def planned_bytes(self) -> int:
+        return self.weights + self.kv + self.recurrent + self.compute + self.mmproj
+
+
+@dataclass
+class Plan:
+    fits: bool
+    verdict: str  # "fits on GPU" | "fits with experts in RAM" | "fits with layers on CPU" | "fits in RAM"
+    #               | "does not fit"
+    devices: list[DevicePlan]  # GPUs first, then "RAM" (host)
+    n_gpu_layers: int  # llama.cpp's count: the last N layers + the output layer
+    tensor_split: list[float]
+    cpu_expert_layers: list[int]  # layers whose routed experts stay in RAM
+    cpu_layers: list[int]  # layers entirely on the CPU
+    settings: Settings
+    reasons: list[str] = field(default_factory=list)  # why it does not fit, or warnings
+    unified: bool = False
+
+    @property
+    def overrides(self) -> list[tuple[str, str]]:
+        """tensor_buft_overrides as (regex, device): routed experts of these layers in host RAM."""
+        return [(experts_regex(self.cpu_expert_layers), "CPU")] if self.cpu_expert_layers else []
+
+    def memory(self) -> dict[str, int]:
+        tot = {k: sum(getattr(d, k) for d in self.devices) for k in ("weights", "kv", "recurrent", "compute")}
+        tot["mmproj"] = sum(d.mmproj for d in self.devices)
+        tot["total"] = sum(tot.values())
+        return tot
+
+    def to_json(self) -> dict:
+        return {
+            "fits": self.fits,
+            "verdict": self.verdict,
+            "devices": [{**asdict(d), "planned_bytes": d.planned_bytes} for d in self.devices],
+            "plan": {
+                "n_gpu_layers": self.n_gpu_layers,
+                "tensor_split": self.tensor_split,
+                "overrides": {rx: dev for rx, dev in self.overrides},
+                "cpu_expert_layers": self.cpu_expert_layers,
+                "cpu_layers": self.cpu_layers,
+            },
+            "memory": {f"{k}_bytes": v for k, v in self.memory().items()},
+            "reasons": self.reasons,
+        }
+
+
+def experts_regex(layers: list[int]) -> str:
+    """One regex for the routed-expert tensors of these layers (llama.cpp searches tensor names)."""
+    alt = "|".join(str(i) for i in sorted(layers))
+    return rf"blk\.({alt})\.ffn_(up|down|gate|gate_up)_(ch|)exps"
+
+
+def compute_bytes(m: ModelProfile, s: Settings, with_output: bool) -> int:
+    """llama.cpp's compute buffer, calibrated on its own reports (sched_reserve): the logits of a
+    full micro-batch (n_vocab × n_ubatch f32, where the LM head runs: 485 MiB for Qwen's 248K
+    vocabulary at 512), the attention mask (n_ctx × n_ubatch f16) and about three activation rows per
+    token (n_embd × n_ubatch f32 each)."""
+    cells = -(-s.n_ctx // 256) * 256
+    act = 3 * m.n_embd * s.n_ubatch * 4 + cells * s.n_ubatch * 2
+    return act + (m.n_vocab * s.n_ubatch * 4 if with_output else 0)
+
+
+def host_fixed(m: ModelProfile, s: Settings) -> int:
+    """Host memory any load needs: the token embedding (llama.cpp keeps the input layer on the CPU)
+    and the logits output buffer (n_vocab f32 per sequence)."""
+    return m.token_embd + m.n_vocab * 4 * s.n_seq
+
+
+def _layer_fixed(m: ModelProfile, s: Settings, il: int) -> tuple[int, int, int]:
+    """(dense weights, KV, recurrent state) of layer il: what moves with the layer."""
+    kv = 0 if m.recurrent[il] else m.kv_layer_bytes(s.n_ctx, s.n_seq, s.kv_type)
+    rs = m.rs_layer_bytes(s.n_seq) if m.recurrent[il] else 0
+    return m.layers[il].dense, kv, rs
+
+
+def _gpu_capacity(hw: Hardware, d: Device, s: Settings) -> int:
+    cap = d.usable_bytes - s.margin
+    if d.kind == "cuda":
+        cap -= CUDA_OVERHEAD
+    if hw.unified:
+        cap = min(cap, hw.usable_ram() - s.margin)
+    return max(0, cap)
+
+
+def plan(m: ModelProfile, hw: Hardware, s: Settings) -> Plan:
+    """The best layout, or the reasons nothing fits."""
+    if not hw.devices:
+        return _plan_cpu(m, hw, s)
+    best: Plan | None = None
+    for n_cpu in range(m.n_layer + 1):  # layers entirely on the CPU, front first (dense models mostly)
+        p = _plan_gpu(m, hw, s, n_cpu)
+        if p.fits:
+            return p
+        best = best or p
+        if n_cpu >= m.n_layer:
+            break
+    assert best is not None
+    return best
+
+
+def _host(hw: Hardware, s: Settings) -> DevicePlan:
+    usable = hw.usable_ram()
+    return DevicePlan("RAM", "cpu", hw.ram_total, usable)
+
+
+def _plan_cpu(m: ModelProfile, hw: Hardware, s: Settings) -> Plan:
+    host = _host(hw, s)
+    host.weights = m.weights
+    host.kv = m.kv_bytes(s.n_ctx, s.n_seq, s.kv_type)
+    host.recurrent = m.recurrent_bytes(s.n_seq)
+    host.compute = compute_bytes(m, s, True) + m.n_vocab * 4 * s.n_seq
+    host.mmproj = m.mmproj_bytes if s.mmproj else 0
+    host.layers = list(range(m.n_layer))
+    host.expert_layers = [i for i in range(m.n_layer) if m.layers[i].experts]
+    need = host.planned_bytes + s.margin
+    fits = need <= host.usable_bytes
+    reasons = []
+    if not fits:
+        reasons.append(
+            f"needs {need / GiB:.1f} GiB of RAM with the margin, {host.usable_bytes / GiB:.1f} GiB available"
+            + (": mmap would page weights from disk on every token" if s.mmap else "")
+        )
+    return Plan(
+        fits,
+        "fits in RAM" if fits else "does not fit",
+        [host],
+        0,
+        [],
+        [],
+        list(range(m.n_layer)),
+        s,
+        reasons,
+    )
+
+
+def _split_layers(costs: list[int], caps: list[int], tail: int) -> list[list[int]] | None:
+    """Contiguous blocks of layer indices (positions in `costs`) per device, proportional to the
+    capacities, each within its capacity; `tail` (the LM head) goes to the last device."""
+    total = sum(costs) + tail
+    cap_sum = sum(caps)
+    if cap_sum <= 0:
+        return None
+    blocks: list[list[int]] = [[] for _ in caps]
+    d, used, acc, target = 0, 0, 0, total * caps[0] / cap_sum
+    for i, c in enumerate(costs):
+        # move on when this device reached its share, or is full; never past the last device
+        while d < len(caps) - 1 and (used + c > caps[d] or (acc >= target and blocks[d])):
+            d += 1
+            used = 0
+            target += total * caps[d] / cap_sum
+        blocks[d].append(i)
+        used += c
+        acc += c
+    last_used = sum(costs[i] for i in blocks[-1]) + tail
+    if any(sum(costs[i] for i in b) > caps[k] for k, b in enumerate(blocks[:-1])) or last_used > caps[-1]:
+        return None
+    return blocks
+
+
+def _plan_gpu(m: ModelProfile, hw: Hardware, s: Settings, n_cpu: int) -> Plan:
+    gpus = list(hw.devices)
+    host = _host(hw, s)
+    caps = [_gpu_capacity(hw, d, s) for d in gpus]
+    mm = m.mmproj_bytes if s.mmproj else 0
+    caps[0] -= mm
+    gpu_layers = list(range(n_cpu, m.n_layer))
+    # compute buffers: each GPU runs its layers' graph; the last also computes the logits
+    comp = [compute_bytes(m, s, with_output=(k == len(gpus) - 1)) for k in range(len(gpus))]
+    caps = [c - comp[k] for k, c in enumerate(caps)]
+    fixed = [sum(_layer_fixed(m, s, il)) for il in gpu_layers]
+    experts = [m.layers[il].experts for il in gpu_layers]
+    # first try everything on the GPUs, then experts in RAM
+    full_blocks = _split_layers([f + e for f, e in zip(fixed, experts, strict=True)], caps, m.output)
+    all_on_gpu = full_blocks is not None
+    blocks = full_blocks or _split_layers(fixed, caps, m.output)
+    devs = [DevicePlan(d.name, d.kind, d.total_bytes, d.usable_bytes) for d in gpus]
+    cpu_experts: list[int] = []
+    reasons: list[str] = []
+    fits = blocks is not None
+    if blocks is None:
+        blocks = [[] for _ in gpus]
+        if gpu_layers:
+            blocks[-1] = list(range(len(gpu_layers)))
+    for k, (dev, block) in enumerate(zip(devs, blocks, strict=True)):
+        dev.compute = comp[k] + (CUDA_OVERHEAD if dev.kind == "cuda" else 0)
+        dev.mmproj = mm if k == 0 else 0
+        if k == len(devs) - 1:
+            dev.weights += m.output
+        room = caps[k] - sum(fixed[i] for i in block) - (m.output if k == len(devs) - 1 else 0)
+        for i in block:
+            il = gpu_layers[i]
+            w, kv, rs = _layer_fixed(m, s, il)
+            dev.layers.append(il)
+            dev.weights += w
+            dev.kv += kv
+            dev.recurrent += rs
+            e = experts[i]
+            if e == 0:
+                continue
+            if all_on_gpu or e <= room:  # front to back while they fit
+                room -= 0 if all_on_gpu else e
+                dev.weights += e
+                dev.expert_layers.append(il)
+            else:
+                cpu_experts.append(il)
+    # the host: token embedding, output buffer, CPU layers, experts kept in RAM
+    host.weights = m.token_embd + sum(m.layers[il].dense + m.layers[il].experts for il in range(n_cpu))
+    host.weights += sum(m.layers[il].experts for il in cpu_experts)
+    for il in range(n_cpu):
+        _, kv, rs = _layer_fixed(m, s, il)
+        host.kv += kv
+        host.recurrent += rs
+    host.layers = list(range(n_cpu))
+    host.expert_layers = list(range(n_cpu)) + cpu_experts
+    host.compute = m.n_vocab * 4 * s.n_seq + 3 * m.n_embd * s.n_ubatch * 4 * (2 if host.expert_layers else 1)
+    for k, dev in enumerate(devs):
+        limit = _gpu_capacity(hw, gpus[k], s) + s.margin
+        if dev.planned_bytes + s.margin > limit + (CUDA_OVERHEAD if dev.kind == "cuda" else 0):
+            fits = False
+            reasons.append(f"{dev.name}: needs {dev.planned_bytes / GiB:.1f} GiB, has {limit / GiB:.1f} GiB")
+    host_need = host.planned_bytes + s.margin
+    ram_need = host_need + (sum(d.planned_bytes for d in devs) if hw.unified else 0)
+    if ram_need > hw.usable_ram():
+        fits = False
+        what = "RAM (shared with the GPU)" if hw.unified else "RAM"
+        reasons.append(f"{what}: needs {ram_need / GiB:.1f} GiB, {hw.usable_ram() / GiB:.1f} GiB available")
+    if not fits and not reasons:
+        reasons.append("the layers that must sit on the GPU do not fit in its memory")
+    n_gpu_layers = len(gpu_layers) + 1  # + the output layer
+    counts = [float(len(d.layers)) for d in devs]
+    counts[-1] += 1  # the output layer is the last "layer" of the split
+    split = counts if len(devs) > 1 else []
+    if n_cpu == 0 and all_on_gpu and fits:
+        verdict = "fits on GPU"
+    elif n_cpu == 0:
+        verdict = "fits with experts in RAM" if fits else "does not fit"
+    else:
+        verdict = "fits with layers on CPU" if fits else "does not fit"
+    return Plan(
+        fits,
+        verdict,
+        [*devs, host],
+        n_gpu_layers,
+        split,
+        cpu_experts,
+        list(range(n_cpu)),
+        s,
+        reasons,
+        hw.unified,
+    )

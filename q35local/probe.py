@@ -1,0 +1,257 @@
+"""Probe this machine: CPU, RAM, disk, NVIDIA GPUs, Apple Silicon, and llama.cpp's backends.
+
+Every source is parsed by a pure function that tests feed with recorded outputs from real machines.
+A tool that is absent, slow or prints something odd degrades to a labelled unknown (a note), never
+a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+
+from .hardware import (
+    Cpu,
+    Device,
+    GiB,
+    Hardware,
+    apple_bandwidth,
+    metal_default_cap,
+    nvidia_bandwidth,
+)
+
+MiB = 1 << 20
+NVIDIA_QUERY = "index,name,memory.total,memory.free,pci.bus_id"
+_ISA = ("avx", "avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "f16c", "fma", "neon", "sve")
+
+
+def parse_nvidia_smi(csv: str) -> list[Device]:
+    """`nvidia-smi --query-gpu=index,name,memory.total,memory.free,pci.bus_id --format=csv,noheader,nounits`
+    (MiB). Lines that do not parse are skipped; '[N/A]' memory becomes unknown free memory."""
+    devs = []
+    for line in csv.strip().splitlines():
+        cols = [c.strip() for c in line.split(",")]
+        if len(cols) < 3:
+            continue
+        try:
+            idx = int(cols[0])
+            total = int(float(cols[2])) * MiB
+        except ValueError:
+            continue
+        free = None
+        if len(cols) > 3:
+            try:
+                free = int(float(cols[3])) * MiB
+            except ValueError:
+                free = None
+        bus = cols[4] if len(cols) > 4 else None
+        devs.append(Device(cols[1], "cuda", total, free, nvidia_bandwidth(cols[1]), bus, idx))
+    return devs
+
+
+def parse_sysctl(text: str) -> dict[str, str]:
+    """`sysctl hw.memsize machdep.cpu.brand_string hw.perflevel0.physicalcpu iogpu.wired_limit_mb ...`
+    output ("key: value" lines) as a dict."""
+    out = {}
+    for line in text.splitlines():
+        key, sep, val = line.partition(":")
+        if sep:
+            out[key.strip()] = val.strip()
+    return out
+
+
+def parse_system_profiler(text: str) -> tuple[str | None, int | None]:
+    """`system_profiler SPDisplaysDataType -json` → (GPU model, GPU core count)."""
+    try:
+        data = json.loads(text)
+        gpu = data["SPDisplaysDataType"][0]
+        cores = gpu.get("sppci_cores")
+        return gpu.get("sppci_model"), int(cores) if cores is not None else None
+    except (json.JSONDecodeError, KeyError, IndexError, TypeError, ValueError):
+        return None, None
+
+
+def parse_cpuinfo(text: str) -> tuple[str, tuple[str, ...]]:
+    """/proc/cpuinfo → (model name, the ISA flags ggml cares about)."""
+    model, flags = "unknown CPU", ()
+    for line in text.splitlines():
+        key, _, val = line.partition(":")
+        key = key.strip()
+        if key in ("model name", "Model", "Hardware") and model == "unknown CPU":
+            model = val.strip()
+        elif key in ("flags", "Features") and not flags:
+            have = set(val.split())
+            if "asimd" in have:
+                have.add("neon")
+            flags = tuple(f for f in _ISA if f in have)
+    return model, flags
+
+
+def apple_hardware(sysctl: dict[str, str], profiler: tuple[str | None, int | None]) -> Hardware:
+    """A Mac from its sysctl values and system_profiler's GPU entry."""
+    notes = []
+    ram = int(sysctl.get("hw.memsize", "0") or 0)
+    chip = sysctl.get("machdep.cpu.brand_string", "Apple Silicon")
+    gpu_name, gpu_cores = profiler
+    if gpu_cores is None:
+        notes.append("GPU core count unknown (system_profiler gave nothing)")
+    try:
+        wired = int(sysctl.get("iogpu.wired_limit_mb", "0"))
+    except ValueError:
+        wired = 0
+    cap = wired * MiB if wired > 0 else metal_default_cap(ram)
+    if wired <= 0:
+        notes.append(
+            "GPU working set: macOS default (~2/3–3/4 of RAM); `sysctl iogpu.wired_limit_mb` raises it"
+        )
+    bw = apple_bandwidth(chip, gpu_cores)
+    cores = int(sysctl.get("hw.physicalcpu", "0") or 0) or None
+    gpu = Device(f"{gpu_name or chip} ({gpu_cores or '?'}-core GPU)", "metal", cap, None, bw)
+    return Hardware(
+        name="this machine",
+        cpu=Cpu(chip, cores, cores, ("neon",)),
+        ram_total=ram,
+        ram_available=None,
+        ram_bandwidth_gbs=bw,
+        devices=(gpu,),
+        unified=True,
+        metal_wired_limit_mb=wired,
+        notes=tuple(notes),
+    )
+
+
+def _run(cmd: list[str], timeout: float = 5.0) -> str | None:
+    """A tool's stdout, or None if it is absent, fails or hangs."""
+    if shutil.which(cmd[0]) is None:
+        return None
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return r.stdout if r.returncode == 0 else None
+
+
+def llama_backends() -> tuple[str, ...]:
+    """The device backends the installed llama.cpp has (ggml's device registry), e.g. ("CUDA0", "CPU")."""
+    try:
+        from .ggml_devices import devices
+
+        return tuple(d.name for d in devices())
+    except (OSError, AttributeError, ImportError):
+        return ()
+
+
+def disk_read_speed(path: Path, nbytes: int = 256 * MiB) -> float | None:
+    """GB/s reading the first `nbytes` of a large file; cold-cache results need the file to be unread."""
+    try:
+        with open(path, "rb", buffering=0) as f:
+            t0, done = time.perf_counter(), 0
+            while done < nbytes:
+                chunk = f.read(16 * MiB)
+                if not chunk:
+                    break
+                done += len(chunk)
+        dt = time.perf_counter() - t0
+        return done / dt / 1e9 if done and dt > 0 else None
+    except OSError:
+        return None
+
+
+def probe(model_path: Path | None = None) -> Hardware:
+    """This machine. Sources that fail leave a note instead of a value."""
+    notes: list[str] = []
+    vm = psutil.virtual_memory()
+    system = platform.system()
+    if system == "Darwin" and platform.machine() == "arm64":
+        keys = [
+            "hw.memsize",
+            "machdep.cpu.brand_string",
+            "hw.physicalcpu",
+            "iogpu.wired_limit_mb",
+        ]
+        sysctl = parse_sysctl(_run(["sysctl", *keys]) or "")
+        prof = parse_system_profiler(_run(["system_profiler", "SPDisplaysDataType", "-json"], 15) or "")
+        hw = apple_hardware(sysctl, prof)
+        hw = hw.with_(ram_total=hw.ram_total or vm.total, ram_available=vm.available)
+    else:
+        model, flags = "unknown CPU", ()
+        try:
+            model, flags = parse_cpuinfo(Path("/proc/cpuinfo").read_text())
+        except OSError:
+            model = platform.processor() or "unknown CPU"
+            notes.append("CPU flags unknown (/proc/cpuinfo unreadable)")
+        devs: list[Device] = []
+        smi = _run(["nvidia-smi", f"--query-gpu={NVIDIA_QUERY}", "--format=csv,noheader,nounits"])
+        if smi is not None:
+            devs = parse_nvidia_smi(smi)
+            if not devs:
+                notes.append("nvidia-smi printed no GPU it could parse")
+            for d in devs:
+                if d.bandwidth_gbs is None:
+                    notes.append(
+                        f"{d.name}: memory bandwidth unknown (not in the table); speed assumes 500 GB/s"
+                    )
+        hw = Hardware(
+            name="this machine",
+            cpu=Cpu(model, psutil.cpu_count(logical=False), psutil.cpu_count(), flags),
+            ram_total=vm.total,
+            ram_available=vm.available,
+            ram_bandwidth_gbs=None,
+            devices=tuple(devs),
+        )
+    if model_path is not None:
+        try:
+            du = shutil.disk_usage(model_path.parent if model_path.is_file() else model_path)
+            hw = hw.with_(disk_free=du.free)
+        except OSError:
+            notes.append("disk free space unknown")
+    backends = llama_backends()
+    if not backends:
+        notes.append("llama.cpp's backends unknown (its libraries did not load)")
+    elif hw.devices and not any(b.upper().startswith(("CUDA", "MTL", "METAL")) for b in backends):
+        notes.append(
+            "the installed llama.cpp has no GPU backend (CPU only): rebuild llama-cpp-python with "
+            + ("CMAKE_ARGS=-DGGML_CUDA=on" if hw.kind == "cuda" else "Metal")
+        )
+    return hw.with_(backends=backends, notes=hw.notes + tuple(notes))
+
+
+def calibration_path() -> Path:
+    from platformdirs import user_cache_path
+
+    return Path(os.environ.get("Q35_CACHE_DIR") or user_cache_path("q35local")) / "calibration.json"
+
+
+def measure_ram_bandwidth(nbytes: int = 512 * MiB, repeats: int = 3) -> float:
+    """GB/s of a large read (numpy sum over a buffer bigger than the caches); single process, so a
+    lower bound on what llama.cpp's threads reach."""
+    import numpy as np
+
+    a = np.ones(nbytes // 8, dtype=np.float64)
+    best = 0.0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a.sum()
+        best = max(best, a.nbytes / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
+def _gib(n: int | None) -> str:
+    return "unknown" if n is None else f"{n / GiB:.1f} GiB"
+
+
+def describe(hw: Hardware) -> str:
+    """One line per fact, for `q35 fit --hardware auto` verbose output."""
+    lines = [
+        f"CPU: {hw.cpu.model} ({hw.cpu.cores or '?'} cores; {' '.join(hw.cpu.flags) or 'flags unknown'})"
+    ]
+    lines.append(f"RAM: {_gib(hw.ram_total)} total, {_gib(hw.ram_available)} available")
+    lines += [f"{d.kind.upper()} {d.index}: {d.name}, {_gib(d.total_bytes)}" for d in hw.devices]
+    return "\n".join(lines)

@@ -1,0 +1,85 @@
+"""`q35 run`: the chat engine without the screen; one prompt in, the answer out."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .chat import AnswerDelta, ChatSession, Done, Error, ThinkingDelta
+from .runtime import default_mmproj, open_engine, template_for
+from .sampling import recommended
+
+
+def add_run_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="answer one prompt (no screen)", description="Answer one prompt headless.")
+    p.add_argument("model", type=Path, help="GGUF file")
+    p.add_argument("-p", "--prompt", required=True, help="the user message")
+    p.add_argument("--image", type=Path, action="append", default=[], help="attach an image (repeatable)")
+    p.add_argument("--mmproj", type=Path, help="vision projector (default: MODEL.mmproj.gguf if present)")
+    p.add_argument("--system", help="system prompt")
+    p.add_argument("--think", dest="think", action="store_true", default=True, help="thinking mode (default)")
+    p.add_argument("--no-think", dest="think", action="store_false", help="answer without thinking")
+    p.add_argument("-n", "--max-tokens", type=int, default=1024)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--temperature", type=float, help="override the mode's recommended temperature")
+    p.add_argument("--ctx", type=int, default=8192)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run_run)
+
+
+def run_run(args: argparse.Namespace) -> int:
+    mmproj = args.mmproj or default_mmproj(args.model)
+    engine = open_engine(args.model, mmproj, args.ctx, threads=args.threads)
+    try:
+        sampling = recommended(args.think).with_(max_tokens=args.max_tokens, seed=args.seed)
+        if args.temperature is not None:
+            sampling = sampling.with_(temperature=args.temperature)
+        session = ChatSession(
+            engine, None, template_for(engine), think=args.think, sampling=sampling, system=args.system
+        )
+        thinking: list[str] = []
+        answer: list[str] = []
+        stats = None
+        show = not args.json
+        for ev in session.send(args.prompt, args.image):
+            if isinstance(ev, ThinkingDelta):
+                thinking.append(ev.text)
+                if show:
+                    sys.stderr.write(ev.text)
+                    sys.stderr.flush()
+            elif isinstance(ev, AnswerDelta):
+                if show and thinking and not answer:
+                    sys.stderr.write("\n")
+                answer.append(ev.text)
+                if show:
+                    sys.stdout.write(ev.text)
+                    sys.stdout.flush()
+            elif isinstance(ev, Done):
+                stats = ev.stats
+            elif isinstance(ev, Error):
+                print(f"q35: error: {ev.message}", file=sys.stderr)
+                return 1
+        if args.json:
+            assert stats is not None
+            print(
+                json.dumps(
+                    {
+                        "text": "".join(answer),
+                        "thinking": "".join(thinking),
+                        "prompt_tokens": stats.prompt_tokens,
+                        "completion_tokens": stats.completion_tokens,
+                        "prefill_tps": round(stats.prefill_tps, 2),
+                        "decode_tps": round(stats.decode_tps, 2),
+                        "finish": stats.finish,
+                    },
+                    ensure_ascii=False,
+                )
+            )
+        elif answer:
+            print()
+        return 0
+    finally:
+        engine.close()

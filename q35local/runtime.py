@@ -1,0 +1,73 @@
+"""One path from a GGUF on disk to a running engine with the planner's layout: `q35 chat`, `q35 run`.
+
+The plan is made before anything loads; a model that will not fit stops here with the planner's
+reasons instead of failing halfway through a load (or swapping the machine to a standstill)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from quantize.errors import InputError
+
+from .engine import LlamaEngine
+from .modelprofile import from_gguf
+from .planner import Plan, Settings, plan
+from .probe import probe
+from .template import ChatTemplate
+
+
+def default_mmproj(model: Path) -> Path | None:
+    """MODEL.mmproj.gguf (what `q35 quantize` writes) or mmproj*.gguf beside the model."""
+    guess = model.with_name(model.name.removesuffix(".gguf") + ".mmproj.gguf")
+    if guess.is_file():
+        return guess
+    others = sorted(model.parent.glob("mmproj*.gguf"))
+    return others[0] if len(others) == 1 else None
+
+
+def layout_line(p: Plan) -> str:
+    gpus = [d for d in p.devices if d.kind != "cpu"]
+    if not gpus:
+        return "CPU only"
+    n_layers = sum(len(d.layers) for d in p.devices)
+    where = f"GPU {n_layers - len(p.cpu_layers)}/{n_layers} layers"
+    if p.cpu_expert_layers:
+        where += f", experts of {len(p.cpu_expert_layers)} in RAM"
+    return where
+
+
+def plan_for(model: Path, mmproj: Path | None, n_ctx: int) -> Plan:
+    profile = from_gguf(model, mmproj)
+    p = plan(profile, probe(), Settings(n_ctx=n_ctx, mmproj=mmproj is not None))
+    if not p.fits:
+        raise InputError(
+            model,
+            f"will not fit on this machine at {n_ctx} tokens of context ({'; '.join(p.reasons)}); "
+            f"`q35 fit {model}` shows what would",
+        )
+    return p
+
+
+def open_engine(
+    model: Path,
+    mmproj: Path | None,
+    n_ctx: int,
+    *,
+    progress: Callable[[float], bool] | None = None,
+    threads: int | None = None,
+) -> LlamaEngine:
+    if mmproj is not None and not mmproj.is_file():
+        raise InputError(mmproj, "no such mmproj file")
+    p = plan_for(model, mmproj, n_ctx)
+    return LlamaEngine(
+        model, mmproj=mmproj, n_ctx=n_ctx, plan=p, progress=progress, layout=layout_line(p), n_threads=threads
+    )
+
+
+def template_for(engine: LlamaEngine) -> ChatTemplate:
+    """The GGUF's own chat template (sandboxed), or ours when it has none."""
+    src = engine.info.chat_template
+    if not src:
+        return ChatTemplate.default()
+    return ChatTemplate.from_string(src, f"{engine.info.model_path} (tokenizer.chat_template)")

@@ -1,0 +1,267 @@
+"""Conversations on disk: one SQLite file in the user's data dir (Q35_DATA_DIR overrides the dir).
+
+Every write is its own committed transaction (autocommit, WAL), so killing the app mid-reply loses
+nothing already written: the reply streamed so far is there, marked incomplete. One connection is
+shared by the UI thread and the generation worker, serialised by a lock.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import platformdirs
+
+from quantize.errors import InputError
+
+SCHEMA_VERSION = 1
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS conversations (
+    id INTEGER PRIMARY KEY,
+    title TEXT NOT NULL,
+    model TEXT NOT NULL,
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    settings_json TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY,
+    conversation_id INTEGER NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+    role TEXT NOT NULL,
+    content TEXT NOT NULL DEFAULT '',
+    thinking TEXT NOT NULL DEFAULT '',
+    images_json TEXT NOT NULL DEFAULT '[]',
+    created REAL NOT NULL,
+    complete INTEGER NOT NULL DEFAULT 1,
+    stats_json TEXT
+);
+CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages(conversation_id, id);
+"""
+
+
+def default_path() -> Path:
+    base = os.environ.get("Q35_DATA_DIR")
+    folder = Path(base).expanduser() if base else platformdirs.user_data_path("q35local")
+    return folder / "chats.sqlite3"
+
+
+@dataclass
+class StoredMessage:
+    id: int
+    conversation_id: int
+    role: str  # "system" | "user" | "assistant"
+    content: str
+    thinking: str
+    images: list[str]  # file paths as attached
+    created: float  # unix time
+    complete: bool  # False: the reply was cut off by a crash or an engine error while streaming
+    stats: dict | None  # GenStats fields of an assistant reply
+
+
+@dataclass
+class ConversationRow:
+    id: int
+    title: str
+    model: str
+    created: float
+    updated: float
+    settings: dict
+
+
+class Store:
+    """The conversation database. Every sqlite3 failure becomes an InputError naming the file."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = Path(path) if path is not None else default_path()
+        self._lock = threading.RLock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise InputError(self.path.parent, f"cannot create the data folder ({e.strerror})") from None
+        try:
+            # isolation_level=None: autocommit, each statement is committed as it runs.
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5.0)
+        except sqlite3.Error as e:
+            raise InputError(self.path, f"cannot open the conversation database ({e})") from None
+        try:
+            with self._sql() as db:
+                version = db.execute("PRAGMA user_version").fetchone()[0]
+                if version > SCHEMA_VERSION:
+                    raise InputError(
+                        self.path, f"written by a newer q35 (schema {version}); upgrade q35local"
+                    )
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a process kill
+                db.execute("PRAGMA foreign_keys=ON")
+                db.executescript(SCHEMA)
+                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                db.execute("SELECT count(*) FROM conversations").fetchone()
+        except InputError:
+            self._db.close()
+            raise
+
+    @contextmanager
+    def _sql(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                yield self._db
+            except sqlite3.DatabaseError as e:
+                msg = str(e)
+                if "not a database" in msg or "malformed" in msg:
+                    msg = f"not a readable conversation database ({msg}); move it aside to start afresh"
+                raise InputError(self.path, msg) from None
+            except sqlite3.Error as e:
+                raise InputError(self.path, f"database error ({e})") from None
+
+    def _touch(self, db: sqlite3.Connection, conv: int) -> None:
+        db.execute("UPDATE conversations SET updated=? WHERE id=?", (time.time(), conv))
+
+    def new_conversation(self, model: str, title: str = "New chat", settings: dict | None = None) -> int:
+        now = time.time()
+        with self._sql() as db:
+            cur = db.execute(
+                "INSERT INTO conversations(title, model, created, updated, settings_json) VALUES (?,?,?,?,?)",
+                (title, model, now, now, json.dumps(settings or {})),
+            )
+            return int(cur.lastrowid)
+
+    def add_message(
+        self,
+        conv: int,
+        role: str,
+        content: str = "",
+        thinking: str = "",
+        images: Iterable[str] = (),
+        complete: bool = True,
+    ) -> int:
+        with self._sql() as db:
+            cur = db.execute(
+                "INSERT INTO messages(conversation_id, role, content, thinking, images_json, created,"
+                " complete) VALUES (?,?,?,?,?,?,?)",
+                (conv, role, content, thinking, json.dumps([str(p) for p in images]), time.time(), complete),
+            )
+            self._touch(db, conv)
+            return int(cur.lastrowid)
+
+    def update_message(
+        self,
+        msg_id: int,
+        *,
+        content: str | None = None,
+        thinking: str | None = None,
+        complete: bool | None = None,
+        stats: dict | None = None,
+    ) -> None:
+        changes = {"content": content, "thinking": thinking, "complete": complete}
+        sets = {k: v for k, v in changes.items() if v is not None}
+        if stats is not None:
+            sets["stats_json"] = json.dumps(stats)
+        if not sets:
+            return
+        assignments = ", ".join(f"{k}=?" for k in sets)  # keys are the fixed column names above
+        with self._sql() as db:
+            db.execute(f"UPDATE messages SET {assignments} WHERE id=?", (*sets.values(), msg_id))
+            db.execute(
+                "UPDATE conversations SET updated=?"
+                " WHERE id=(SELECT conversation_id FROM messages WHERE id=?)",
+                (time.time(), msg_id),
+            )
+
+    def delete_message(self, msg_id: int) -> None:
+        with self._sql() as db:
+            db.execute("DELETE FROM messages WHERE id=?", (msg_id,))
+
+    def messages(self, conv: int) -> list[StoredMessage]:
+        with self._sql() as db:
+            rows = db.execute(
+                "SELECT id, conversation_id, role, content, thinking, images_json, created, complete,"
+                " stats_json FROM messages WHERE conversation_id=? ORDER BY id",
+                (conv,),
+            ).fetchall()
+        return [
+            StoredMessage(
+                id=r[0],
+                conversation_id=r[1],
+                role=r[2],
+                content=r[3],
+                thinking=r[4],
+                images=list(_json(r[5], [])),
+                created=r[6],
+                complete=bool(r[7]),
+                stats=_json(r[8], None),
+            )
+            for r in rows
+        ]
+
+    def conversation(self, conv: int) -> ConversationRow:
+        """One conversation's row; an InputError when there is no such id."""
+        rows = self._conversations("WHERE id=?", (conv,))
+        if not rows:
+            raise InputError(self.path, f"no conversation with id {conv}")
+        return rows[0]
+
+    def conversations(self) -> list[ConversationRow]:
+        """All conversations, the most recently updated first."""
+        return self._conversations("ORDER BY updated DESC, id DESC", ())
+
+    def _conversations(self, tail: str, args: tuple) -> list[ConversationRow]:
+        with self._sql() as db:
+            rows = db.execute(
+                f"SELECT id, title, model, created, updated, settings_json FROM conversations {tail}", args
+            ).fetchall()
+        return [ConversationRow(r[0], r[1], r[2], r[3], r[4], _json(r[5], {})) for r in rows]
+
+    def rename(self, conv: int, title: str) -> None:
+        with self._sql() as db:
+            db.execute("UPDATE conversations SET title=? WHERE id=?", (title, conv))
+
+    def set_settings(self, conv: int, settings: dict) -> None:
+        with self._sql() as db:
+            db.execute("UPDATE conversations SET settings_json=? WHERE id=?", (json.dumps(settings), conv))
+
+    def delete(self, conv: int) -> None:
+        with self._sql() as db:
+            db.execute("DELETE FROM conversations WHERE id=?", (conv,))  # messages go by ON DELETE CASCADE
+
+    def export_markdown(self, conv: int) -> str:
+        """The conversation as Markdown: thinking folded in <details>, images as links."""
+        row = self.conversation(conv)
+        when = datetime.fromtimestamp(row.created).strftime("%Y-%m-%d %H:%M")
+        out = [f"# {row.title}", "", f"*{row.model} · {when}*", ""]
+        if row.settings.get("system"):
+            out += ["**System**", "", row.settings["system"], ""]
+        for m in self.messages(conv):
+            out += [f"**{m.role.capitalize()}**", ""]
+            out += [
+                f"![{Path(p).name}]({Path(p).as_uri() if Path(p).is_absolute() else p})" for p in m.images
+            ]
+            if m.images:
+                out.append("")
+            if m.thinking:
+                out += ["<details><summary>Thinking</summary>", "", m.thinking, "", "</details>", ""]
+            if m.content:
+                out += [m.content, ""]
+            if not m.complete or (m.stats or {}).get("stopped"):
+                out += ["*(stopped before the end)*", ""]
+        return "\n".join(out).rstrip("\n") + "\n"
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def _json(text: str | None, default: object) -> object:
+    if text is None:
+        return default
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return default

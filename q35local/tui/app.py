@@ -1,0 +1,551 @@
+"""`q35 chat`: the Textual app around a ChatSession.
+
+Generation runs in a thread worker (llama.cpp blocks while it decodes). The worker drives the session's
+event iterator and appends the text to a `DeltaBuffer`; a UI timer drains that buffer into the reply's
+Markdown streams at most once per flush interval (~50 ms), and the end-of-reply message drains the rest.
+The worker never waits for the UI, so the model runs at full speed, and the UI does a bounded amount of
+work per tick, so keys are handled whatever the token rate. The session persists every turn itself;
+the UI only mirrors it, so an error or a stop never loses what is already in the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import ClassVar
+
+from textual import work
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding, BindingType
+from textual.containers import VerticalScroll
+from textual.message import Message
+from textual.screen import Screen
+from textual.timer import Timer
+from textual.widget import Widget
+from textual.widgets import Footer, Static
+from textual.worker import get_current_worker
+
+from q35local.chat import NO_VISION, AnswerDelta, ChatSession, Done, Event, ThinkingDelta
+from q35local.chat import Error as ChatError
+from q35local.engine import Engine, GenStats
+from q35local.images import PreparedImage, looks_like_image_path, prepare_image
+from q35local.sampling import Sampling
+from q35local.store import Store
+from q35local.template import ChatTemplate
+from quantize.errors import InputError
+
+from .screens import ConversationsScreen, ImagePicker, export_conversation
+from .screens.conversations import Choice, default_export_name
+from .streaming import DeltaBuffer, describe_error
+from .widgets import AssistantMessage, NoticeLine, PromptInput, StatusBar, UserMessage, status_text
+from .widgets.messages import history_widgets
+from .widgets.thumbnail import describe
+
+HELP = """\
+Commands: /image PATH (attach; no PATH opens a picker; /image clear drops attachments) · /think · /nothink ·
+/new · /export [PATH] · /help. Start a message with // to send text that begins with a slash.
+Keys: Enter send · ctrl+j newline · Esc stop the reply · ctrl+t thinking on/off · ctrl+r regenerate ·
+F2 or ↑ (empty box) edit the last message · F3 copy the last reply · F4 copy its last code block ·
+ctrl+f attach an image · ctrl+o conversations · ctrl+n new chat · ctrl+p all commands · ctrl+q quit.
+Click a message to copy it, or a code block to copy just the code.
+Paste or drop an image file to attach it."""
+
+
+@dataclass
+class ReplyEnded(Message):
+    """The worker is done: its buffer holds the last text; Done, an Error, or None (no final event)."""
+
+    view: AssistantMessage
+    buffer: DeltaBuffer
+    outcome: Done | ChatError | None
+
+
+@dataclass
+class ImageReady(Message):
+    image: PreparedImage
+
+
+@dataclass
+class ImageFailed(Message):
+    text: str
+
+
+class ChatApp(App[int]):
+    """The chat UI. The caller owns `engine` and `store` and closes them after `launch()` returns."""
+
+    CSS_PATH = "chat.tcss"
+    TITLE = "q35 chat"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "stop", "Stop", id="stop"),
+        Binding("ctrl+t", "toggle_think", "Thinking", id="toggle_think"),
+        Binding("ctrl+r", "regenerate", "Regenerate", id="regenerate"),
+        Binding("f2", "edit_last", "Edit", id="edit_last"),
+        Binding("f3", "copy_reply", "Copy", id="copy_reply"),
+        Binding("f4", "copy_code", "Copy code", show=False, id="copy_code"),
+        Binding("ctrl+f", "pick_image", "Image", id="pick_image"),
+        Binding("ctrl+o", "conversations", "Chats", id="conversations"),
+        Binding("ctrl+n", "new_chat", "New", id="new_chat"),
+    ]
+
+    def __init__(
+        self,
+        engine: Engine,
+        store: Store | None,
+        template: ChatTemplate,
+        *,
+        think: bool = True,
+        sampling: Sampling | None = None,
+        system: str | None = None,
+        conversation_id: int | None = None,
+        vision_note: str | None = None,
+        flush_interval: float = 0.05,
+    ) -> None:
+        """`sampling` None follows Qwen's recommendation for the thinking mode (switching with it);
+        `conversation_id` reopens a stored chat (InputError if there is none); `vision_note` is added to
+        the no-vision message (e.g. where an mmproj was looked for); `flush_interval` is the longest
+        time streamed text waits before it is shown."""
+        super().__init__()
+        self.engine = engine
+        self.store = store
+        self.template = template
+        self.sampling = sampling
+        self.system = system
+        self.vision_note = vision_note
+        self.flush_interval = flush_interval
+        self.think = think
+        self.graphics = False  # terminal graphics for thumbnails; launch() turns it on in a real terminal
+        self.session = self._new_session(conversation_id)
+        self.generating = False
+        self.editing = False
+        self.pending_images: list[PreparedImage] = []
+        self.last_stats: GenStats | None = None
+        self._stop_requested = False
+        self._pump: Timer | None = None  # drains the reply buffer while a reply streams
+        self._append_lock = asyncio.Lock()  # the pump and the end-of-reply handler append in turn
+
+    def _new_session(self, conversation_id: int | None) -> ChatSession:
+        return ChatSession(
+            self.engine,
+            self.store,
+            self.template,
+            think=self.think,
+            sampling=self.sampling,
+            conversation_id=conversation_id,
+            system=self.system,
+        )
+
+    # --- layout ---
+
+    def compose(self) -> ComposeResult:
+        yield VerticalScroll(id="transcript")
+        yield Static(id="attachments")
+        prompt = PromptInput(id="prompt")
+        prompt.placeholder = "Message · Enter sends · ctrl+j newline · /help"
+        yield prompt
+        yield StatusBar(id="status")
+        yield Footer()
+
+    async def on_mount(self) -> None:
+        self.transcript.anchor()
+        await self._show_history()
+        self._show_attachments()
+        self.prompt.focus()
+        self.refresh_status()
+
+    @property
+    def transcript(self) -> VerticalScroll:
+        return self.query_one("#transcript", VerticalScroll)
+
+    @property
+    def prompt(self) -> PromptInput:
+        return self.query_one("#prompt", PromptInput)
+
+    async def _show_history(self) -> None:
+        await self.transcript.remove_children()
+        model = self.engine.info.model_name
+        widgets = history_widgets(self.session.messages, graphics=self.graphics, model=model)
+        if widgets:
+            await self.transcript.mount_all(widgets)
+            for view in self.transcript.query(AssistantMessage):
+                view.set_meta("")
+        self.transcript.scroll_end(animate=False)
+
+    def refresh_status(self, state: str = "") -> None:
+        if not state and self.generating:
+            state = "stopping…" if self._stop_requested else "generating · Esc stops"
+        self.query_one(StatusBar).update(
+            status_text(
+                self.engine.info,
+                context_used=self.engine.context_used(),
+                stats=self.last_stats,
+                think=self.session.think,
+                state=state,
+            )
+        )
+
+    def _show_attachments(self) -> None:
+        bar = self.query_one("#attachments", Static)
+        bar.display = bool(self.pending_images)
+        names = ", ".join(describe(img) for img in self.pending_images)
+        bar.update(f"📎 {names} — sent with your next message (/image clear drops them)")
+
+    async def _mount(self, *widgets: Widget) -> None:
+        await self.transcript.mount_all(widgets)
+        self.transcript.scroll_end(animate=False)
+        self.transcript.anchor()
+
+    async def show_error(self, text: str) -> None:
+        """An inline line in the transcript (it stays in context) plus a toast."""
+        await self._mount(NoticeLine(text, kind="error"))
+        self.notify(text, severity="error", timeout=6)
+
+    # --- sending ---
+
+    async def on_prompt_input_submitted(self, event: PromptInput.Submitted) -> None:
+        text = event.text.strip()
+        if text.startswith("/") and not text.startswith("//"):
+            self.prompt.clear()
+            await self.run_command(text)
+            return
+        if text.startswith("//"):
+            text = text[1:]
+        if self.generating:
+            self.notify("A reply is still coming: Esc stops it.", severity="warning")
+            return
+        if not text and not self.pending_images:
+            return
+        self.prompt.clear()
+        if self.editing:
+            await self._resend_edited(text)
+        else:
+            await self.send(text)
+
+    async def send(self, text: str) -> None:
+        images, self.pending_images = self.pending_images, []
+        self._show_attachments()
+        await self._mount(UserMessage(text, images, graphics=self.graphics))
+        self._start(self.session.send(text, images), await self._new_reply_view())
+
+    async def _new_reply_view(self) -> AssistantMessage:
+        view = AssistantMessage(model=self.engine.info.model_name)
+        await self._mount(view)
+        view.set_meta("")
+        return view
+
+    def _start(self, events: Iterator[Event], view: AssistantMessage) -> None:
+        self.generating = True
+        self._stop_requested = False
+        view.streaming = True
+        buffer = DeltaBuffer()
+        self._pump = self.set_interval(max(self.flush_interval, 0.005), partial(self._drain, view, buffer))
+        self.refresh_status()
+        self.refresh_bindings()
+        self._reply_worker(events, buffer, view)
+
+    async def _drain(self, view: AssistantMessage, buffer: DeltaBuffer) -> None:
+        async with self._append_lock:
+            if parts := buffer.take():
+                await view.append(parts)
+
+    @work(thread=True, group="reply", exit_on_error=False)
+    def _reply_worker(self, events: Iterator[Event], buffer: DeltaBuffer, view: AssistantMessage) -> None:
+        """Drive the session in this thread; the text goes to `buffer`, the outcome to the app."""
+        worker = get_current_worker()
+        outcome: Done | ChatError | None = None
+        try:
+            for event in events:
+                if self._stop_requested or worker.is_cancelled:
+                    self.session.stop()  # again on every event: a stop before the engine started counts too
+                if isinstance(event, ThinkingDelta):
+                    buffer.add("thinking", event.text)
+                elif isinstance(event, AnswerDelta):
+                    buffer.add("answer", event.text)
+                else:
+                    outcome = event
+        except Exception as e:  # an engine or template failure must not end the app: show it as a line
+            self.log.error("generation failed", e)
+            outcome = ChatError(describe_error(e))
+        finally:
+            with contextlib.suppress(RuntimeError):  # the app's loop is already closed (quit mid-reply)
+                self.post_message(ReplyEnded(view, buffer, outcome))
+
+    async def on_reply_ended(self, message: ReplyEnded) -> None:
+        view, outcome = message.view, message.outcome
+        if self._pump is not None:
+            self._pump.stop()
+            self._pump = None
+        await self._drain(view, message.buffer)
+        view.streaming = False
+        stats = outcome.stats if isinstance(outcome, Done) else None
+        await view.finish(stats)
+        if stats is not None:
+            self.last_stats = stats
+        self.generating = False
+        self._stop_requested = False
+        if isinstance(outcome, ChatError):
+            if view.is_empty:
+                await view.remove()
+            await self.show_error(outcome.message)
+        self.refresh_status()
+        self.refresh_bindings()
+
+    # --- slash commands ---
+
+    async def run_command(self, text: str) -> None:
+        name, _, arg = text.partition(" ")
+        arg = arg.strip()
+        match name.lower():
+            case "/image":
+                if not arg:
+                    self.action_pick_image()
+                elif arg == "clear":
+                    self.pending_images.clear()
+                    self._show_attachments()
+                else:
+                    self.attach(looks_like_image_path(arg) or Path(arg.strip("'\"")).expanduser())
+            case "/think" | "/nothink":
+                self.set_think(name.lower() == "/think")
+            case "/new":
+                await self.action_new_chat()
+            case "/export":
+                await self.export(arg)
+            case "/help" | "/?":
+                await self._mount(NoticeLine(HELP, kind="info"))
+            case _:
+                await self.show_error(
+                    f"unknown command {name}: /help lists them (// sends a message starting with /)"
+                )
+
+    async def export(self, target: str) -> None:
+        conv = self.session.conversation_id
+        if self.store is None or conv is None:
+            await self.show_error("nothing to export yet: this conversation has no saved messages")
+            return
+        try:
+            title = self.store.conversation(conv).title
+            path = export_conversation(self.store, conv, Path(target or default_export_name(title)))
+        except InputError as e:
+            await self.show_error(str(e))
+            return
+        self.notify(f"Exported to {path}")
+
+    # --- images ---
+
+    def attach(self, path: Path) -> None:
+        """Check and scale the image off the UI thread; it is sent with the next message."""
+        if not self.engine.info.has_vision:
+            note = f" ({self.vision_note})" if self.vision_note else ""
+            self.call_later(self.show_error, NO_VISION[0].upper() + NO_VISION[1:] + note)
+            return
+        self._prepare_worker(path)
+
+    @work(thread=True, group="images", exit_on_error=False)
+    def _prepare_worker(self, path: Path) -> None:
+        lo, hi = self.engine.info.image_budget
+        try:
+            image = prepare_image(path, min_pixels=lo, max_pixels=hi)
+        except Exception as e:  # InputError names the file; anything else is still one line
+            self.post_message(ImageFailed(describe_error(e)))
+        else:
+            self.post_message(ImageReady(image))
+
+    def on_image_ready(self, message: ImageReady) -> None:
+        self.pending_images.append(message.image)
+        self._show_attachments()
+        self.notify(f"Attached {describe(message.image)}", timeout=3)
+
+    async def on_image_failed(self, message: ImageFailed) -> None:
+        await self.show_error(message.text)
+
+    def on_prompt_input_image_pasted(self, message: PromptInput.ImagePasted) -> None:
+        self.attach(message.path)
+
+    def on_prompt_input_edit_requested(self, message: PromptInput.EditRequested) -> None:
+        self.action_edit_last()
+
+    def action_pick_image(self) -> None:
+        def chosen(path: Path | None) -> None:
+            if path is not None:
+                self.attach(path)
+
+        self.push_screen(ImagePicker(), chosen)
+
+    # --- actions ---
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "stop":
+            return self.generating or self.editing
+        if action in ("regenerate", "edit_last", "new_chat", "conversations"):
+            return None if self.generating else True  # shown greyed out while a reply streams
+        return True
+
+    def action_stop(self) -> None:
+        if self.generating:
+            self._stop_requested = True
+            self.session.stop()
+            self.refresh_status()
+        elif self.editing:
+            self._end_edit()
+            self.prompt.clear()
+
+    def set_think(self, think: bool) -> None:
+        self.session.set_think(think)
+        self.think = think
+        self.refresh_status()
+        self.notify(f"Thinking {'on' if think else 'off'} from the next reply", timeout=3)
+
+    def action_toggle_think(self) -> None:
+        self.set_think(not self.session.think)
+
+    def _busy(self) -> bool:
+        if self.generating:
+            self.notify("A reply is still coming: Esc stops it first.", severity="warning")
+        return self.generating
+
+    async def action_regenerate(self) -> None:
+        if self._busy():
+            return
+        users = self.transcript.query(UserMessage)
+        if not users:
+            await self.show_error("nothing to regenerate: send a message first")
+            return
+        await self._remove_after(users.last(), inclusive=False)
+        self._start(self.session.regenerate(), await self._new_reply_view())
+
+    def action_edit_last(self) -> None:
+        if self._busy():
+            return
+        users = self.transcript.query(UserMessage)
+        if not users:
+            self.notify("No message to edit yet.", severity="warning")
+            return
+        self.editing = True
+        self.prompt.text = users.last().text
+        self.prompt.move_cursor(self.prompt.document.end)
+        self.prompt.add_class("editing")
+        self.prompt.border_title = "editing your last message · Enter resends · Esc cancels"
+        self.prompt.focus()
+        self.refresh_bindings()
+
+    def _end_edit(self) -> None:
+        self.editing = False
+        self.prompt.remove_class("editing")
+        self.prompt.border_title = None
+        self.refresh_bindings()
+
+    async def _resend_edited(self, text: str) -> None:
+        self._end_edit()
+        users = self.transcript.query(UserMessage)
+        if not users:
+            await self.send(text)
+            return
+        last = users.last()
+        images = last.images
+        await self._remove_after(last, inclusive=True)
+        await self._mount(UserMessage(text, images, graphics=self.graphics))
+        self._start(self.session.edit_last(text), await self._new_reply_view())
+
+    async def _remove_after(self, widget: Widget, *, inclusive: bool) -> None:
+        children = list(self.transcript.children)
+        start = children.index(widget) + (0 if inclusive else 1)
+        if children[start:]:
+            await self.transcript.remove_children(children[start:])
+
+    def _last_reply(self) -> AssistantMessage | None:
+        replies = [v for v in self.transcript.query(AssistantMessage) if v.answer]
+        return replies[-1] if replies else None
+
+    def action_copy_reply(self) -> None:
+        reply = self._last_reply()
+        if reply is None:
+            self.notify("No reply to copy yet.", severity="warning")
+            return
+        self.copy_to_clipboard(reply.answer)
+        self.notify("Reply copied", timeout=2)
+
+    def action_copy_code(self) -> None:
+        for reply in reversed(list(self.transcript.query(AssistantMessage))):
+            if blocks := reply.code_blocks():
+                self.copy_to_clipboard(blocks[-1])
+                self.notify("Code block copied", timeout=2)
+                return
+        self.notify("No code block in the replies.", severity="warning")
+
+    async def action_new_chat(self) -> None:
+        if self._busy():
+            return
+        await self.open_conversation(None)
+
+    async def open_conversation(self, conversation_id: int | None) -> None:
+        """Switch the session (and the transcript) to a stored conversation, or to a new one."""
+        try:
+            session = self._new_session(conversation_id)
+        except InputError as e:
+            await self.show_error(str(e))
+            return
+        self.session = session
+        self._end_edit()
+        self.prompt.clear()
+        self.last_stats = None
+        await self._show_history()
+        self.refresh_status()
+        self.prompt.focus()
+
+    def action_conversations(self) -> None:
+        if self._busy():
+            return
+        if self.store is None:
+            self.notify("Conversations are not saved in this session.", severity="warning")
+            return
+
+        async def chosen(choice: Choice) -> None:
+            current = self.session.conversation_id
+            if choice == "new":
+                await self.open_conversation(None)
+            elif isinstance(choice, int) and choice != current:
+                await self.open_conversation(choice)
+            elif current is not None and self.store is not None:
+                try:
+                    self.store.conversation(current)
+                except InputError:  # deleted from the list: start afresh
+                    await self.open_conversation(None)
+
+        self.push_screen(ConversationsScreen(self.store, self.session.conversation_id), chosen)
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        commands: list[tuple[str, str, Callable[[], object]]] = [
+            ("Toggle thinking", "Turn the model's reasoning on or off (ctrl+t)", self.action_toggle_think),
+            ("Stop generating", "Stop the reply; the text so far stays (Esc)", self.action_stop),
+            ("Regenerate last reply", "Answer the last message again (ctrl+r)", self.action_regenerate),
+            ("Edit last message", "Change your last message and resend it (F2)", self.action_edit_last),
+            ("Copy last reply", "Copy the last answer to the clipboard (F3)", self.action_copy_reply),
+            ("Copy last code block", "Copy the last code block of the replies (F4)", self.action_copy_code),
+            ("Attach image", "Pick an image file for the next message (ctrl+f)", self.action_pick_image),
+            ("Conversations", "Open, rename, delete, export chats (ctrl+o)", self.action_conversations),
+            ("New chat", "Start a new conversation (ctrl+n)", self.action_new_chat),
+        ]
+        for title, help_text, callback in commands:
+            yield SystemCommand(title, help_text, callback)
+
+    async def on_unmount(self) -> None:
+        # Quitting mid-reply: end the generation so the worker thread (and the process) can finish.
+        if self.generating:
+            self.session.stop()
+
+
+def launch(app: ChatApp) -> int:
+    """Run the app in this terminal and return its exit code.
+
+    textual-image must query the terminal for Kitty/Sixel support before Textual takes over stdin, so
+    it is imported here; thumbnails then use the best protocol the terminal has.
+    """
+    import textual_image.widget  # noqa: F401  (import side effect: the terminal capability query)
+
+    app.graphics = True
+    app.run()
+    return app.return_code or 0

@@ -1,0 +1,160 @@
+"""The conversation list (ctrl+o): open, rename, delete, export to Markdown, or start a new chat.
+
+Rename/delete/export act on the store directly and refresh the list; opening returns the id to the app,
+which rebuilds its session from the store. No dates are shown: titles and models are what people scan,
+and it keeps the screen reproducible in snapshot tests.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Label, OptionList
+from textual.widgets.option_list import Option
+
+from q35local.store import Store
+from quantize.errors import InputError
+
+from .dialogs import Confirm, TextPrompt
+
+Choice = int | Literal["new"] | None
+
+
+def export_conversation(store: Store, conv: int, path: Path) -> Path:
+    """Write the conversation as Markdown; an InputError names the file on failure."""
+    path = path.expanduser()
+    text = store.export_markdown(conv)
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise InputError(path, f"cannot write the export ({e.strerror})") from None
+    return path
+
+
+def default_export_name(title: str) -> str:
+    slug = re.sub(r"[^\w-]+", "-", title.lower()).strip("-")[:48] or "conversation"
+    return f"{slug}.md"
+
+
+class ConversationsScreen(ModalScreen[Choice]):
+    """Returns the id to open, "new", or None (closed)."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "close", "Close"),
+        Binding("n", "new", "New chat"),
+        Binding("r", "rename", "Rename"),
+        Binding("d,delete", "delete", "Delete"),
+        Binding("e", "export", "Export"),
+    ]
+
+    def __init__(self, store: Store, current: int | None) -> None:
+        super().__init__()
+        self.store = store
+        self.current = current
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog conversations"):
+            yield Label("Conversations", classes="dialog-title")
+            yield OptionList(id="conversation-list")
+            yield Label(
+                "enter open · n new · r rename · d delete · e export · esc close", classes="dialog-help"
+            )
+
+    def on_mount(self) -> None:
+        self.reload()
+        self.query_one(OptionList).focus()
+
+    def reload(self, highlight: int | None = None) -> None:
+        olist = self.query_one(OptionList)
+        keep = highlight if highlight is not None else self.selected()
+        olist.clear_options()
+        try:
+            rows = self.store.conversations()
+        except InputError as e:
+            self.notify(str(e), severity="error")
+            rows = []
+        for row in rows:
+            label = Text()
+            label.append("● " if row.id == self.current else "  ", style="bold")
+            label.append(row.title)
+            label.append(f"  {row.model}", style="dim")
+            olist.add_option(Option(label, id=str(row.id)))
+        if not rows:
+            olist.add_option(Option(Text("no conversations yet (n starts one)", style="dim"), disabled=True))
+            return
+        ids = [row.id for row in rows]
+        olist.highlighted = ids.index(keep) if keep in ids else 0
+
+    def selected(self) -> int | None:
+        olist = self.query_one(OptionList)
+        if olist.highlighted is None:
+            return None
+        option = olist.get_option_at_index(olist.highlighted)
+        return int(option.id) if option.id is not None else None
+
+    def _title(self, conv: int) -> str:
+        return self.store.conversation(conv).title
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        if event.option.id is not None:
+            self.dismiss(int(event.option.id))
+
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+    def action_new(self) -> None:
+        self.dismiss("new")
+
+    def action_rename(self) -> None:
+        conv = self.selected()
+        if conv is None:
+            return
+
+        def done(title: str | None) -> None:
+            if title:
+                self._guard(lambda: self.store.rename(conv, title))
+                self.reload(conv)
+
+        self.app.push_screen(TextPrompt("Rename conversation", self._title(conv)), done)
+
+    def action_delete(self) -> None:
+        conv = self.selected()
+        if conv is None:
+            return
+
+        def done(yes: bool | None) -> None:
+            if yes:
+                self._guard(lambda: self.store.delete(conv))
+                self.reload()
+
+        self.app.push_screen(Confirm(f"Delete “{self._title(conv)}”? This cannot be undone."), done)
+
+    def action_export(self) -> None:
+        conv = self.selected()
+        if conv is None:
+            return
+        name = str(Path.cwd() / default_export_name(self._title(conv)))
+
+        def done(target: str | None) -> None:
+            if target:
+                try:
+                    path = export_conversation(self.store, conv, Path(target))
+                except InputError as e:
+                    self.notify(str(e), severity="error")
+                else:
+                    self.notify(f"Exported to {path}")
+
+        self.app.push_screen(TextPrompt("Export to Markdown file", name), done)
+
+    def _guard(self, action: object) -> None:
+        try:
+            action()  # type: ignore[operator]
+        except InputError as e:
+            self.notify(str(e), severity="error")
