@@ -80,3 +80,32 @@ def load_factors(hw: Hardware) -> dict[str, float] | None:
         return json.loads(calibration_path().read_text())["machines"][_key(hw)]
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def allocations(model: Path, plan: Plan, n_ctx: int) -> dict[str, float]:
+    """What llama.cpp allocates for this model, layout and context (model, KV, RS, compute, output
+    buffers, bytes), read from its own log while it loads and reserves."""
+    from llama_cpp import llama_cpp
+
+    from . import llamalog
+    from .loader import load_model, model_params
+
+    llamalog.capture()
+    mark = llamalog.mark()
+    lp = model_params(plan)
+    m = load_model(model, lp)
+    try:
+        cp = llama_cpp.llama_context_default_params()
+        cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max = (
+            n_ctx,
+            512,
+            plan.settings.n_ubatch,
+            plan.settings.n_seq,
+        )
+        ctx = llama_cpp.llama_init_from_model(m, cp)
+        if not ctx:
+            raise InputError(model, f"llama.cpp could not create a {n_ctx}-token context")
+        llama_cpp.llama_free(ctx)
+    finally:
+        llama_cpp.llama_model_free(m)
+    return llamalog.buffers(llamalog.since(mark))

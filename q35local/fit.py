@@ -340,4 +340,4 @@ def run_fit(args: argparse.Namespace) -> int:
         print(json.dumps(report_json(m, hw, p, e, sugg, args.model), indent=1))
     else:
         print_report(console, m, hw, p, e, sugg, args.model)
-    return 0 if p.fits else 2
+    return 0 if p.fits else 3  # scripts can tell "does not fit" (3) from errors (1)

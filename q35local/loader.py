@@ -64,7 +64,9 @@ def model_params(
     if no_alloc:
         mp.no_alloc = True
         mp.load_mode = llama_cpp.LLAMA_LOAD_MODE_NONE  # the memory-fit pass maps nothing
-    elif not use_mmap:
+    elif not use_mmap or (gpus and plan and plan.cpu_expert_layers):
+        # experts kept in RAM beside a GPU: read into pinned host buffers rather than mapped pages,
+        # which llama.cpp copies to the GPU about twice as fast during prefill
         mp.load_mode = llama_cpp.LLAMA_LOAD_MODE_NONE
     if progress is not None:
         cb = llama_cpp.llama_progress_callback(lambda p, _ud: bool(progress(float(p))))

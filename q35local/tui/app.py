@@ -2,7 +2,8 @@
 
 Generation runs in a thread worker (llama.cpp blocks while it decodes). The worker drives the session's
 event iterator and appends the text to a `DeltaBuffer`; a UI timer drains that buffer into the reply's
-Markdown streams at most once per flush interval (~50 ms), and the end-of-reply message drains the rest.
+Markdown streams at most once per flush interval (50 ms, stretched by `Pacer` while layout work keeps the
+UI thread busy on a long reply), and the end-of-reply message drains the rest.
 The worker never waits for the UI, so the model runs at full speed, and the UI does a bounded amount of
 work per tick, so keys are handled whatever the token rate. The session persists every turn itself;
 the UI only mirrors it, so an error or a stop never loses what is already in the store.
@@ -40,7 +41,7 @@ from quantize.errors import InputError
 
 from .screens import ConversationsScreen, ImagePicker, export_conversation
 from .screens.conversations import Choice, default_export_name
-from .streaming import DeltaBuffer, describe_error
+from .streaming import DeltaBuffer, Pacer, describe_error
 from .widgets import AssistantMessage, NoticeLine, PromptInput, StatusBar, UserMessage, status_text
 from .widgets.messages import history_widgets
 from .widgets.thumbnail import describe
@@ -241,10 +242,16 @@ class ChatApp(App[int]):
         self._stop_requested = False
         view.streaming = True
         buffer = DeltaBuffer()
-        self._pump = self.set_interval(max(self.flush_interval, 0.005), partial(self._drain, view, buffer))
+        pacer = Pacer(self.flush_interval, max(self.flush_interval, 1.0))
+        self._pump = self.set_interval(self.flush_interval, partial(self._tick, view, buffer, pacer))
         self.refresh_status()
         self.refresh_bindings()
         self._reply_worker(events, buffer, view)
+
+    async def _tick(self, view: AssistantMessage, buffer: DeltaBuffer, pacer: Pacer) -> None:
+        if pacer.due():
+            await self._drain(view, buffer)
+            pacer.mark()
 
     async def _drain(self, view: AssistantMessage, buffer: DeltaBuffer) -> None:
         async with self._append_lock:

@@ -1,0 +1,300 @@
+"""The planner and `q35 fit`: memory against what llama.cpp allocates, sizes against the quantizer and
+published files, layouts on simulated machines, and the plan applied by the real loader."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from conftest import gguf_for
+
+from q35local import llamalog
+from q35local.calibrate import allocations
+from q35local.hardware import PROFILES, Device, GiB, Hardware
+from q35local.loader import load_model, model_params
+from q35local.modelprofile import from_checkpoint, from_gguf
+from q35local.official import OFFICIAL, PUBLISHED_PARAMS, official_profile, spec_params
+from q35local.planner import Plan, Settings, experts_regex, plan
+from q35local.probe import probe
+from q35local.speed import estimate
+
+MiB = 1 << 20
+
+
+def q35(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "q35local.cli", *args], capture_output=True, text=True)
+
+
+# --- memory: the plan against llama.cpp's own allocations -------------------------------------------
+
+
+@pytest.mark.parametrize("which", ["moe_ckpt", "small_moe_ckpt"])
+@pytest.mark.parametrize("n_ctx", [2048, 32768])
+def test_planned_memory_matches_llama_cpp(request: pytest.FixtureRequest, which: str, n_ctx: int) -> None:
+    path = gguf_for(request.getfixturevalue(which), "Q8_0")
+    m = from_gguf(path)
+    p = plan(m, probe(), Settings(n_ctx=n_ctx, mmproj=False))
+    assert p.fits and p.verdict == "fits in RAM"
+    got = allocations(path, p, n_ctx)
+    host = p.devices[-1]
+    assert host.weights == pytest.approx(got["model"], rel=0.002)  # exact up to the log's 0.01 MiB
+    assert host.kv == pytest.approx(got["KV"], rel=0.01)
+    assert host.recurrent == pytest.approx(got["RS"], abs=0.01 * MiB)
+    assert host.planned_bytes == pytest.approx(sum(got.values()), rel=0.05)
+
+
+def test_kv_only_for_full_attention_layers(moe_ckpt: Path) -> None:
+    m = from_gguf(gguf_for(moe_ckpt, "Q8_0"))
+    assert m.n_full == 1 and sum(m.recurrent) == 3  # 4 layers, interval 4
+    assert m.kv_bytes(4096) == 4096 * m.n_head_kv * (m.key_length + m.value_length) * 2
+    assert m.kv_bytes(4096, kv_type="q8_0") < m.kv_bytes(4096) / 1.8
+
+
+def test_predicted_size_equals_quantizer_output(small_moe_ckpt: Path) -> None:
+    for quant in ("Q4_K_XL", "Q8_0"):
+        predicted = from_checkpoint(small_moe_ckpt, quant)
+        written = gguf_for(small_moe_ckpt, quant)
+        assert predicted.file_bytes == pytest.approx(written.stat().st_size, rel=0.005)
+        assert predicted.weights == from_gguf(written).weights
+
+
+# --- the official table -------------------------------------------------------------------------------
+
+
+def test_official_configs_reproduce_published_parameter_counts() -> None:
+    for name, spec in OFFICIAL.items():
+        assert spec_params(spec) == PUBLISHED_PARAMS[name]
+
+
+@pytest.mark.parametrize(
+    ("name", "quant", "published"),
+    [
+        ("Qwen3.5-397B-A17B", "Q8_0", 421_507_365_376),
+        ("Qwen3.5-35B-A3B", "Q8_0", 36_903_139_968),
+        ("Qwen3.5-35B-A3B", "Q4_K_M", 22_016_023_168),
+        ("Qwen3.5-9B", "Q4_K_M", 5_680_522_464),
+    ],
+)
+def test_official_sizes_within_3_percent(name: str, quant: str, published: int) -> None:
+    assert official_profile(name, quant).file_bytes == pytest.approx(published, rel=0.03)
+
+
+def test_official_context_costs() -> None:
+    big = official_profile("Qwen3.5-397B-A17B", "Q8_0")
+    small = official_profile("35B-A3B", "Q8_0")
+    assert big.kv_bytes_per_token() == 30 * 1024 and small.kv_bytes_per_token() == 20 * 1024
+    assert small.recurrent_bytes() / MiB == pytest.approx(62.8, abs=0.05)
+    assert small.kv_bytes(131072, kv_type="q4_0") / GiB == pytest.approx(0.70, abs=0.01)
+
+
+# --- simulated machines ---------------------------------------------------------------------------------
+
+
+def _check_invariants(p: Plan, hw: Hardware) -> None:
+    """Never over any device; what every token uses sits on the GPUs before any expert does."""
+    if not p.fits:
+        return
+    for d, dev in zip(p.devices, hw.devices, strict=False):
+        assert d.planned_bytes + p.settings.margin <= dev.usable_bytes
+    host = p.devices[-1]
+    total = host.planned_bytes + (sum(d.planned_bytes for d in p.devices[:-1]) if hw.unified else 0)
+    assert total + p.settings.margin <= hw.usable_ram()
+    if hw.devices and p.cpu_expert_layers:
+        assert not p.cpu_layers  # dense parts all on GPU before experts are
+        gpu_layers = sorted(il for d in p.devices[:-1] for il in d.layers)
+        assert gpu_layers == list(range(len(gpu_layers)))
+
+
+@pytest.mark.parametrize("hw_name", list(PROFILES))
+def test_plans_never_exceed_any_device(hw_name: str) -> None:
+    hw = PROFILES[hw_name]
+    for name, quant in (
+        ("Qwen3.5-397B-A17B", "Q2_K_XL"),
+        ("Qwen3.5-35B-A3B", "Q4_K_XL"),
+        ("Qwen3.5-27B", "Q8_0"),
+    ):
+        m = official_profile(name, quant)
+        for ctx in (8192, 131072):
+            _check_invariants(plan(m, hw, Settings(n_ctx=ctx)), hw)
+
+
+def test_397b_on_a_512gb_mac_studio() -> None:
+    hw = PROFILES["mac-studio-m3-ultra-512"]
+    m = official_profile("Qwen3.5-397B-A17B", "Q4_K_XL")
+    p = plan(m, hw, Settings(n_ctx=32768))
+    # 247.7 GB of weights under the 384 GiB default working set: all 60 layers, experts and LM head on Metal
+    assert p.fits and p.verdict == "fits on GPU"
+    assert p.devices[0].layers == list(range(60)) and p.devices[0].expert_layers == list(range(60))
+    assert p.n_gpu_layers == 61 and not p.overrides
+    # Q8_0 (428.5 GB) overflows the default cap: a couple of expert layers spill, and raising the cap helps
+    p8 = plan(official_profile("Qwen3.5-397B-A17B", "Q8_0"), hw, Settings(n_ctx=32768))
+    assert p8.fits and p8.verdict == "fits with experts in RAM" and 0 < len(p8.cpu_expert_layers) < 5
+
+
+def test_397b_on_a_256gb_mac_studio() -> None:
+    hw = PROFILES["mac-studio-m3-ultra-256"]
+    p2 = plan(official_profile("Qwen3.5-397B-A17B", "Q2_K_XL"), hw, Settings(n_ctx=32768))
+    assert p2.fits and p2.verdict == "fits on GPU"  # 149 GB under the 192 GiB cap
+    m4 = official_profile("Qwen3.5-397B-A17B", "Q4_K_XL")
+    p4 = plan(m4, hw, Settings(n_ctx=32768))
+    assert not p4.fits and any("RAM" in r for r in p4.reasons)  # 248 GB in 256 GiB of unified memory
+    from q35local.fit import suggestions
+
+    sugg = suggestions(m4, hw, Settings(n_ctx=32768), p4)
+    assert any("--quant Q3_K_XL" in s for s in sugg)
+
+
+def test_397b_on_two_5090s_with_256gb() -> None:
+    hw = PROFILES["2x5090-256"]
+    m = official_profile("Qwen3.5-397B-A17B", "Q4_K_XL")
+    p = plan(m, hw, Settings(n_ctx=32768))
+    assert p.fits and p.verdict == "fits with experts in RAM"
+    g0, g1, host = p.devices
+    # every layer's attention/DeltaNet/shared expert on a GPU, split in two contiguous blocks
+    assert g0.layers + g1.layers == list(range(60)) and g0.layers and g1.layers
+    # experts balanced across the two cards (not all on GPU0, llama.cpp issue 15136)
+    assert abs(len(g0.expert_layers) - len(g1.expert_layers)) <= 1 and g0.expert_layers
+    assert sorted(p.cpu_expert_layers + g0.expert_layers + g1.expert_layers) == list(range(60))
+    assert p.tensor_split == [len(g0.layers), len(g1.layers) + 1] and p.n_gpu_layers == 61
+    assert host.weights > 150 * GiB and host.planned_bytes + GiB < hw.usable_ram()
+    rx = p.overrides[0][0]
+    import re
+
+    hit = {
+        int(n.split(".")[1]) for n in (f"blk.{i}.ffn_up_exps.weight" for i in range(60)) if re.search(rx, n)
+    }
+    assert hit == set(p.cpu_expert_layers)
+    assert not re.search(rx, "blk.1.ffn_up_shexp.weight")
+
+
+def test_cpu_only_model_too_big_says_so() -> None:
+    hw = PROFILES["cpu-desktop-64"]
+    p = plan(official_profile("Qwen3.5-122B-A10B", "Q4_K_XL"), hw, Settings())
+    assert not p.fits and "mmap would page" in p.reasons[0]
+
+
+def test_dense_model_keeps_first_layers_on_cpu_when_gpu_is_small() -> None:
+    hw = PROFILES["rtx4090-64"]
+    p = plan(official_profile("Qwen3.5-27B", "Q8_0"), hw, Settings(n_ctx=8192))
+    assert p.fits and p.verdict == "fits with layers on CPU"
+    assert p.cpu_layers == list(range(len(p.cpu_layers))) and p.cpu_layers
+    assert p.n_gpu_layers == 64 - len(p.cpu_layers) + 1
+
+
+def test_gpu_reported_with_less_free_memory_gets_less() -> None:
+    hw = PROFILES["2x5090-256"]
+    busy = replace(hw.devices[0], free_bytes=20 * GiB)
+    p = plan(
+        official_profile("Qwen3.5-122B-A10B", "Q4_K_XL"), hw.with_(devices=(busy, hw.devices[1])), Settings()
+    )
+    assert p.devices[0].planned_bytes + GiB <= 20 * GiB
+    assert p.devices[0].planned_bytes < p.devices[1].planned_bytes
+
+
+def test_estimate_reports_assumptions_and_orders_sensibly() -> None:
+    m = official_profile("Qwen3.5-35B-A3B", "Q4_K_XL")
+    fast = estimate(m, PROFILES["rtx5090-64"], plan(m, PROFILES["rtx5090-64"], Settings()))
+    slow = estimate(m, PROFILES["cpu-desktop-64"], plan(m, PROFILES["cpu-desktop-64"], Settings()))
+    assert fast.decode_tps > 3 * slow.decode_tps > 0 and fast.assumptions and slow.assumptions
+
+
+def test_unknown_gpu_bandwidth_is_labelled() -> None:
+    hw = Hardware(
+        "x", PROFILES["rtx4090-64"].cpu, 64 * GiB, None, 80.0, (Device("Mystery GPU", "cuda", 48 * GiB),)
+    )
+    m = official_profile("Qwen3.5-9B", "Q4_K_XL")
+    e = estimate(m, hw, plan(m, hw, Settings()))
+    assert any("bandwidth unknown" in a for a in e.assumptions)
+
+
+# --- the loader applies the plan ---------------------------------------------------------------------
+
+
+def test_loader_keeps_planned_experts_in_ram(moe_ckpt: Path) -> None:
+    path = gguf_for(moe_ckpt, "Q8_0")
+    m = from_gguf(path)
+    gpu = Device("GPU0", "cuda", 1 << 40)
+    hw = Hardware("sim", PROFILES["rtx4090-64"].cpu, 64 * GiB, None, 80.0, (gpu,))
+    p = plan(m, hw, Settings())
+    p.cpu_expert_layers = [0, 2]  # as if the GPU were full after layer 0 and 2's experts
+    assert experts_regex([0, 2]) == r"blk\.(0|2)\.ffn_(up|down|gate|gate_up)_(ch|)exps"
+    llamalog.capture()
+    mark = llamalog.mark()
+    model = load_model(path, model_params(p))
+    from llama_cpp import llama_cpp
+
+    llama_cpp.llama_model_free(model)
+    moved = sorted(
+        line.split()[1] for line in llamalog.since(mark) if "buffer type overridden to CPU" in line
+    )
+    assert moved == [f"blk.{i}.ffn_{k}_exps.weight" for i in (0, 2) for k in ("down", "gate", "up")]
+
+
+# --- the command -------------------------------------------------------------------------------------------
+
+
+def test_fit_json_on_a_gguf(moe_ckpt: Path) -> None:
+    r = q35("fit", str(gguf_for(moe_ckpt, "Q8_0")), "--json", "--ctx", "4096")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["fits"] is True and d["devices"][0]["kind"] == "cpu"
+    for k in ("weights_bytes", "kv_bytes", "recurrent_bytes", "compute_bytes", "total_bytes"):
+        assert d["memory"][k] >= 0
+    assert {"n_gpu_layers", "tensor_split", "overrides"} <= set(d["plan"])
+    assert d["estimate"]["decode_tps"] > 0 and d["estimate"]["prefill_tps"] > 0
+    assert d["devices"][0]["planned_bytes"] <= d["devices"][0]["total_bytes"]
+
+
+def test_fit_official_name_on_a_profile_screen() -> None:
+    r = q35("fit", "Qwen3.5-397B-A17B", "--quant", "Q4_K_XL", "--hardware", "2x5090-256", "--ctx", "32768")
+    assert r.returncode == 0, r.stderr
+    out = " ".join(r.stdout.split())
+    assert "fits with experts in RAM" in out and "llama-server" in out and "--tensor-split" in out
+    assert "-ot" in out and "q35 chat" in out
+
+
+def test_fit_does_not_fit_exit_code_and_suggestions() -> None:
+    r = q35(
+        "fit",
+        "Qwen3.5-397B-A17B",
+        "--quant",
+        "Q4_K_XL",
+        "--hardware",
+        "mac-studio-m3-ultra-256",
+        "--ctx",
+        "32768",
+    )
+    assert r.returncode == 3
+    assert "does not fit" in r.stdout and "--quant" in r.stdout
+
+
+def test_fit_best_ranks_what_fits() -> None:
+    r = q35("fit", "--best", "--hardware", "rtx4090-64", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)["ranked"]
+    assert rows and all(x["verdict"].startswith("fits") for x in rows)
+    assert "Qwen3.5-397B-A17B" not in {x["model"] for x in rows}
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["nope.gguf"], "nope.gguf: no such GGUF"),
+        (["Qwen3.5-9B", "--hardware", "nowhere-9000"], "unknown hardware"),
+        (["Qwen3.5-9B", "--ctx", "10"], "--ctx 10"),
+    ],
+)
+def test_fit_bad_input_is_one_line(args: list[str], needle: str) -> None:
+    r = q35("fit", *args)
+    assert r.returncode == 1 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_fit_corrupt_gguf(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\xff" * 20)
+    r = q35("fit", str(bad))
+    assert r.returncode == 1 and "bad.gguf" in r.stderr and len(r.stderr.strip().splitlines()) == 1
