@@ -17,6 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .fit import add_fit_parser
     from .inspect import add_inspect_parser
     from .kld import add_kld_parser
+    from .pull import add_pull_parser
     from .run import add_run_parser
 
     p = argparse.ArgumentParser(prog="q35", description="Run Qwen 3.5 on your own machine.")
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_fit_parser(sub)
     add_chat_parser(sub)
     add_run_parser(sub)
+    add_pull_parser(sub)
     add_inspect_parser(sub)
     add_kld_parser(sub)
     add_make_tiny_parser(sub)

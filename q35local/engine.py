@@ -189,7 +189,11 @@ class LlamaEngine:
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         add = llama_cpp.llama_sampler_chain_add
         if s.presence_penalty or s.repeat_penalty != 1.0:
-            add(chain, llama_cpp.llama_sampler_init_penalties(64, s.repeat_penalty, 0.0, s.presence_penalty))
+            n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
+            pen = llama_cpp.llama_sampler_init_penalties(
+                n_vocab, 64, s.repeat_penalty, 0.0, s.presence_penalty
+            )
+            add(chain, pen)
         if s.temperature <= 0:
             add(chain, llama_cpp.llama_sampler_init_greedy())
             return chain

@@ -98,8 +98,10 @@ NVIDIA_BANDWIDTH: dict[str, float] = {
     "RTX PRO 6000": 1792, "RTX 5090 Laptop": 896, "RTX 5090": 1792, "RTX 5080": 960, "RTX 5070 Ti": 896,
     "RTX 5070": 672, "RTX 5060 Ti": 448, "RTX 4090": 1008, "RTX 4080 SUPER": 736, "RTX 4080": 717,
     "RTX 4070 Ti SUPER": 672, "RTX 4070": 504, "RTX 4060 Ti": 288, "RTX 3090 Ti": 1008, "RTX 3090": 936,
-    "RTX 3080": 760, "RTX 3060": 360, "RTX 2080 Ti": 616, "RTX 6000 Ada": 960, "RTX A6000": 768,
-    "L40S": 864, "A100-SXM4-80GB": 2039, "A100 80GB": 2039, "A100-PCIE-40GB": 1555, "A100": 1555,
+    "RTX 3080 Ti": 912, "RTX 3080": 760, "RTX 3060 Ti": 448, "RTX 3060": 360,
+    "RTX 2080 Ti": 616, "RTX 6000 Ada": 960, "RTX A6000": 768,
+    "L40S": 864, "A100 80GB PCIe": 1935,
+    "A100-SXM4-80GB": 2039, "A100 80GB": 2039, "A100-PCIE-40GB": 1555, "A100": 1555,
     "H100 NVL": 3900, "H100 PCIe": 2000, "H100": 3350, "H200": 4800, "GH200": 4000,
 }  # fmt: skip
 
@@ -152,7 +154,7 @@ def _pc(
         ram_available=None,
         ram_bandwidth_gbs=ram_gbs,
         devices=devs,
-        pcie_gbs=50.0 if "50" in (gpus[0][0] if gpus else "") else 25.0,  # RTX 50 series: PCIe 5.0
+        pcie_gbs=50.0 if any("RTX 50" in g for g, _ in gpus) else 25.0,  # RTX 50 series: PCIe 5.0
         backends=("CUDA", "CPU") if devs else ("CPU",),
     )
 
@@ -190,6 +192,8 @@ def load_hardware_file(path: Path) -> Hardware:
         raise InputError(path, "no such hardware file") from None
     except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise InputError(path, f"not valid {'JSON' if path.suffix == '.json' else 'TOML'}: {e}") from None
+    except OSError as e:
+        raise InputError(path, f"cannot read hardware file: {e.strerror or e}") from None
     try:
         ram = int(float(data["ram_gb"]) * GiB)
         devs = []
@@ -207,14 +211,14 @@ def load_hardware_file(path: Path) -> Hardware:
             cpu=Cpu(str(data.get("cpu", "unknown CPU")), cores, cores),
             ram_total=ram,
             ram_available=None,
-            ram_bandwidth_gbs=data.get("ram_bandwidth_gbs"),
+            ram_bandwidth_gbs=float(data["ram_bandwidth_gbs"]) if "ram_bandwidth_gbs" in data else None,
             devices=tuple(devs),
             unified=unified,
             metal_wired_limit_mb=0 if unified else None,
             pcie_gbs=float(data.get("pcie_gbs", 25.0)),
             backends=(*sorted({"CUDA" if d.kind == "cuda" else "Metal" for d in devs}), "CPU"),
         )
-    except (KeyError, ValueError, TypeError) as e:
+    except (KeyError, ValueError, TypeError, AttributeError) as e:
         what = f"missing key {e}" if isinstance(e, KeyError) else str(e)
         raise InputError(path, f"bad hardware description: {what}") from None
 

@@ -74,7 +74,7 @@ def parse_system_profiler(text: str) -> tuple[str | None, int | None]:
         gpu = data["SPDisplaysDataType"][0]
         cores = gpu.get("sppci_cores")
         return gpu.get("sppci_model"), int(cores) if cores is not None else None
-    except (json.JSONDecodeError, KeyError, IndexError, TypeError, ValueError):
+    except (json.JSONDecodeError, KeyError, IndexError, TypeError, ValueError, AttributeError):
         return None, None
 
 
@@ -176,7 +176,9 @@ def probe(model_path: Path | None = None) -> Hardware:
             "hw.physicalcpu",
             "iogpu.wired_limit_mb",
         ]
-        sysctl = parse_sysctl(_run(["sysctl", *keys]) or "")
+        # -i: skip unknown oids (iogpu.wired_limit_mb is macOS 14+); without it one unknown oid makes
+        # sysctl exit 1 and every value is lost
+        sysctl = parse_sysctl(_run(["sysctl", "-i", *keys]) or "")
         prof = parse_system_profiler(_run(["system_profiler", "SPDisplaysDataType", "-json"], 15) or "")
         hw = apple_hardware(sysctl, prof)
         hw = hw.with_(ram_total=hw.ram_total or vm.total, ram_available=vm.available)

@@ -1,0 +1,168 @@
+"""`q35 run` (the chat engine headless, real llama.cpp on the tiny GGUF) and `q35 pull` (offline HF cache)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import gguf_for
+from PIL import Image
+from test_hub import make_cache
+
+from q35local.pull import choose_files
+from quantize.convert import ConvertOptions, convert
+from quantize.synth import spec_for, write_checkpoint
+
+
+def q35(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "q35local.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def _one_line_error(r: subprocess.CompletedProcess, needle: str) -> None:
+    assert r.returncode == 1, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in r.stderr, r.stderr
+
+
+@pytest.fixture(scope="module")
+def tiny(moe_ckpt: Path) -> Path:
+    return gguf_for(moe_ckpt, "Q8_0")
+
+
+def test_run_json(tiny: Path) -> None:
+    r = q35("run", str(tiny), "-p", "Hello there", "-n", "16", "--seed", "3", "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert set(d) >= {"text", "thinking", "prompt_tokens", "completion_tokens", "prefill_tps", "decode_tps"}
+    assert 0 < d["completion_tokens"] <= 16 and d["prompt_tokens"] > 5
+    assert d["decode_tps"] > 0 and d["prefill_tps"] > 0
+    # thinking mode: the template opened <think>, so the reply so far is reasoning
+    assert d["thinking"] and not d["text"]
+    again = json.loads(q35("run", str(tiny), "-p", "Hello there", "-n", "16", "--seed", "3", "--json").stdout)
+    assert again["thinking"] == d["thinking"]  # a seed makes it reproducible
+
+
+def test_run_no_think_is_all_answer(tiny: Path) -> None:
+    r = q35("run", str(tiny), "-p", "Hello", "-n", "12", "--seed", "1", "--no-think", "--json")
+    d = json.loads(r.stdout)
+    assert d["text"] and d["thinking"] == ""
+
+
+def test_run_plain_prints_answer_on_stdout(tiny: Path) -> None:
+    r = q35("run", str(tiny), "-p", "Hello", "-n", "8", "--seed", "1", "--no-think")
+    assert r.returncode == 0 and r.stdout.strip() and not r.stderr.strip()
+
+
+def test_run_with_an_image_goes_through_mtmd(tiny: Path, tmp_path: Path) -> None:
+    png = tmp_path / "pic.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)).save(png)
+    text_only = json.loads(q35("run", str(tiny), "-p", "What is this?", "-n", "4", "--json").stdout)
+    r = q35("run", str(tiny), "-p", "What is this?", "--image", str(png), "-n", "4", "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["prompt_tokens"] > text_only["prompt_tokens"] + 4  # the image's embeddings took positions
+
+
+def test_run_image_without_mmproj(tiny: Path, tmp_path: Path) -> None:
+    lone = tmp_path / "alone.gguf"
+    shutil.copyfile(tiny, lone)
+    png = tmp_path / "p.png"
+    Image.new("RGB", (64, 64), "red").save(png)
+    _one_line_error(q35("run", str(lone), "-p", "hi", "--image", str(png)), "no vision projector")
+
+
+@pytest.mark.parametrize("kind", ["missing", "corrupt", "truncated", "text-as-png", "huge-png"])
+def test_run_bad_input(tiny: Path, tmp_path: Path, kind: str) -> None:
+    model, extra, needle = tiny, [], ""
+    if kind == "missing":
+        model, needle = tmp_path / "nope.gguf", "nope.gguf"
+    elif kind == "corrupt":
+        model = tmp_path / "junk.gguf"
+        model.write_bytes(b"this is not a model" * 100)
+        needle = "junk.gguf"
+    elif kind == "truncated":
+        model = tmp_path / "cut.gguf"
+        model.write_bytes(tiny.read_bytes()[: tiny.stat().st_size // 2])
+        needle = "cut.gguf"
+    elif kind == "text-as-png":
+        fake = tmp_path / "notes.png"
+        fake.write_text("just some text\n")
+        extra, needle = ["--image", str(fake)], "notes.png"
+    elif kind == "huge-png":
+        big = tmp_path / "big.png"
+        Image.new("1", (30000, 30000)).save(big)
+        extra, needle = ["--image", str(big)], "big.png"
+    _one_line_error(q35("run", str(model), "-p", "hi", "-n", "2", *extra), needle)
+
+
+def test_run_mmproj_from_another_model(tiny: Path, tmp_path: Path) -> None:
+    other = write_checkpoint(tmp_path / "wide", spec_for("tiny-moe", hidden_size=128, name="wide"))
+    out = tmp_path / "wide.gguf"
+    convert(ConvertOptions(checkpoint=other, output=out, quant="Q8_0"))
+    _one_line_error(
+        q35("run", str(tiny), "-p", "hi", "--mmproj", str(tmp_path / "wide.mmproj.gguf")), "wide.mmproj.gguf"
+    )
+
+
+def test_template_that_reaches_for_python_internals(moe_ckpt: Path, tmp_path: Path) -> None:
+    ckpt = tmp_path / "evil"
+    shutil.copytree(moe_ckpt, ckpt)
+    evil = "{{ ''.__class__.__mro__[1].__subclasses__() }}{% for m in messages %}{{ m.content }}{% endfor %}"
+    (ckpt / "chat_template.jinja").write_text(evil)
+    out = tmp_path / "evil.gguf"
+    convert(ConvertOptions(checkpoint=ckpt, output=out, quant="Q8_0", write_mmproj=False))
+    _one_line_error(q35("run", str(out), "-p", "hi", "-n", "2"), "chat_template")
+
+
+# --- q35 pull -----------------------------------------------------------------------------------------------
+
+
+def test_choose_files() -> None:
+    files = [
+        "Qwen3.5-35B-A3B-Q4_K_M.gguf",
+        "Qwen3.5-35B-A3B-UD-Q4_K_XL.gguf",
+        "Qwen3.5-35B-A3B-IQ4_K_M.gguf",
+        "Q8_0/Qwen3.5-35B-A3B-Q8_0-00001-of-00002.gguf",
+        "Q8_0/Qwen3.5-35B-A3B-Q8_0-00002-of-00002.gguf",
+        "mmproj-F32.gguf",
+        "mmproj-F16.gguf",
+        "README.md",
+    ]
+    assert choose_files(files, "Q4_K_M") == ["Qwen3.5-35B-A3B-Q4_K_M.gguf", "mmproj-F16.gguf"]
+    assert choose_files(files, "UD-Q4_K_XL", mmproj=False) == ["Qwen3.5-35B-A3B-UD-Q4_K_XL.gguf"]
+    assert choose_files(files, "q8_0")[:2] == [files[3], files[4]]
+    from quantize.errors import InputError
+
+    with pytest.raises(InputError, match=r"no Q2_K GGUF.*Q4_K_M"):
+        choose_files(files, "Q2_K")
+
+
+def test_pull_offline_from_local_cache(tiny: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copyfile(tiny, repo / "q35-tiny-Q8_0.gguf")
+    mmproj = tiny.with_name(tiny.name.replace(".gguf", ".mmproj.gguf"))
+    shutil.copyfile(mmproj, repo / "mmproj-q35-tiny-F16.gguf")
+    (repo / "README.md").write_text("tiny")
+    cache = tmp_path / "hub"
+    snap = make_cache(repo, cache, "q35/tiny-GGUF")
+    env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_HOME": str(tmp_path)}
+    r = q35("pull", "q35/tiny-GGUF", "--quant", "Q8_0", env=env)
+    assert r.returncode == 0, r.stderr
+    assert str(snap / "q35-tiny-Q8_0.gguf") in r.stdout and "mmproj-q35-tiny-F16.gguf" in r.stdout
+    assert f"q35 chat {snap / 'q35-tiny-Q8_0.gguf'}" in r.stdout
+    _one_line_error(q35("pull", "q35/tiny-GGUF", "--quant", "Q2_K", env=env), "no Q2_K GGUF")
+    _one_line_error(q35("pull", "q35/absent", "--quant", "Q8_0", env=env), "HF_HUB_OFFLINE")
