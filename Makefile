@@ -20,14 +20,19 @@ $(STAMP): pyproject.toml
 test: setup
 	$(BIN)/python -m pytest -q
 
-demo: setup
-	$(BIN)/q35 make-tiny $(DEMO)/tiny-moe --moe
+# the tiny model is generated and quantized once; then: will it fit here, and a chat with it
+demo: setup $(DEMO)/tiny-moe-Q8_0.gguf
+	$(BIN)/q35 fit $(DEMO)/tiny-moe-Q8_0.gguf
+	$(BIN)/q35 chat $(DEMO)/tiny-moe-Q8_0.gguf
+
+$(DEMO)/tiny-moe-Q8_0.gguf: | $(STAMP)
+	test -f $(DEMO)/tiny-moe/config.json || $(BIN)/q35 make-tiny $(DEMO)/tiny-moe --moe
 	$(BIN)/q35 quantize $(DEMO)/tiny-moe -o $(DEMO)/tiny-moe-Q8_0.gguf --quant Q8_0
-	$(BIN)/q35 inspect $(DEMO)/tiny-moe-Q8_0.gguf --generate "The capital of France is"
 
 bench: setup
 	$(BIN)/python -m bench.convert
 	$(BIN)/python -m bench.dryrun
+	$(BIN)/python -m bench.runtime
 
 # slow (tens of minutes on 2 cores): the README's quality table
 bench-quality: setup

@@ -13,6 +13,7 @@ import platform
 import shutil
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import psutil
@@ -138,14 +139,31 @@ def _run(cmd: list[str], timeout: float = 5.0) -> str | None:
     return r.stdout if r.returncode == 0 else None
 
 
-def llama_backends() -> tuple[str, ...]:
-    """The device backends the installed llama.cpp has (ggml's device registry), e.g. ("CUDA0", "CPU")."""
+def llama_devices() -> list:  # -> list[GgmlDevice]
+    """The devices the installed llama.cpp has (ggml's registry), e.g. CUDA0, MTL0, CPU."""
     try:
         from .ggml_devices import devices
 
-        return tuple(d.name for d in devices())
+        return devices()
     except (OSError, AttributeError, ImportError):
-        return ()
+        return []
+
+
+def merge_llama_devices(hw: Hardware, devs: list) -> Hardware:
+    """Prefer what llama.cpp itself sees for each GPU: CUDA's free memory after its context exists,
+    Metal's recommendedMaxWorkingSetSize (the cap macOS applies, wired_limit included). GPUs pair up
+    in order (CUDA0 is nvidia-smi's index 0 unless CUDA_VISIBLE_DEVICES reorders them)."""
+    gpus = [d for d in devs if d.type in ("GPU", "IGPU") and d.total > 0]
+    if not gpus or not hw.devices:
+        return hw
+    merged = list(hw.devices)
+    for k, g in enumerate(gpus[: len(merged)]):
+        d = merged[k]
+        if d.kind == "metal":
+            merged[k] = replace(d, total_bytes=g.total, free_bytes=g.free)
+        else:
+            merged[k] = replace(d, free_bytes=min(g.free, d.free_bytes or g.free))
+    return hw.with_(devices=tuple(merged))
 
 
 def disk_read_speed(path: Path, nbytes: int = 256 * MiB) -> float | None:
@@ -214,7 +232,9 @@ def probe(model_path: Path | None = None) -> Hardware:
             hw = hw.with_(disk_free=du.free)
         except OSError:
             notes.append("disk free space unknown")
-    backends = llama_backends()
+    devs = llama_devices()
+    backends = tuple(d.name for d in devs)
+    hw = merge_llama_devices(hw, devs)
     if not backends:
         notes.append("llama.cpp's backends unknown (its libraries did not load)")
     elif hw.devices and not any(b.upper().startswith(("CUDA", "MTL", "METAL")) for b in backends):

@@ -25,6 +25,7 @@ SPLIT_MS = 0.05  # per layer whose experts sit in RAM: a CPU↔GPU hop
 GPU_TFLOPS_PER_TBS = {"cuda": 25.0, "metal": 12.0}  # effective prefill TFLOP/s per TB/s of bandwidth
 UNKNOWN_GPU_GBS = 500.0
 UNKNOWN_RAM_GBS = 60.0
+DISK_GBS = 3.0  # NVMe sequential read; mmap paging of scattered experts reaches less
 
 
 @dataclass
@@ -92,6 +93,17 @@ def estimate(m: ModelProfile, hw: Hardware, p: Plan, factors: dict[str, float] |
     else:
         fixed_ms = 0.9 + CPU_LAYER_MS * m.n_layer / cores  # measured: 2 cores, 4- and 8-layer models
     notes.append(f"fixed per-token work {fixed_ms:.1f} ms ({m.n_layer} layers)")
+    if not hw.devices and not p.fits:
+        # mmap pages in what RAM cannot hold, again on every token for the experts it touches
+        host = p.devices[-1]
+        missing = max(0, host.planned_bytes + p.settings.margin - hw.usable_ram())
+        paged = m.active_bytes() * min(1.0, missing / max(1, m.weights))
+        disk = hw.disk_read_gbs or DISK_GBS
+        t += paged / (disk * 1e9)
+        notes.append(
+            f"mmap pages ~{paged / 1e9:.2f} GB/token from disk at {disk:.1f} GB/s"
+            + ("" if hw.disk_read_gbs else " (assumed NVMe)")
+        )
     t += fixed_ms / 1e3
     decode = 1.0 / t if t > 0 else 0.0
     # prefill: FLOPs of the active parameters, plus PCIe copies of experts in RAM per micro-batch

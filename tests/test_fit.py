@@ -298,3 +298,43 @@ def test_fit_corrupt_gguf(tmp_path: Path) -> None:
     bad.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\xff" * 20)
     r = q35("fit", str(bad))
     assert r.returncode == 1 and "bad.gguf" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_llama_cpp_device_memory_wins() -> None:
+    from q35local.ggml_devices import GgmlDevice
+    from q35local.probe import merge_llama_devices
+
+    mac = PROFILES["mac-studio-m3-ultra-512"]
+    metal = GgmlDevice("MTL0", "Apple M3 Ultra", "GPU", 400 * GiB, 420 * GiB, 0)
+    merged = merge_llama_devices(mac, [metal, GgmlDevice("CPU", "cpu", "CPU", 1, 1, 0)])
+    assert merged.devices[0].total_bytes == 420 * GiB and merged.devices[0].usable_bytes == 400 * GiB
+    pc = PROFILES["2x5090-256"]
+    cuda = [GgmlDevice(f"CUDA{i}", "RTX 5090", "GPU", (20 + i) * GiB, 32 * GiB, 0) for i in range(2)]
+    got = merge_llama_devices(pc, cuda)
+    assert [d.usable_bytes for d in got.devices] == [20 * GiB, 21 * GiB]
+    assert merge_llama_devices(pc, []) == pc
+
+
+def test_cpu_only_paging_estimate_is_slower_and_labelled() -> None:
+    hw = PROFILES["cpu-desktop-64"]
+    m = official_profile("Qwen3.5-122B-A10B", "Q4_K_XL")
+    e = estimate(m, hw, plan(m, hw, Settings()))
+    big_ram = hw.with_(ram_total=512 * GiB)
+    e2 = estimate(m, big_ram, plan(m, big_ram, Settings()))
+    assert any("mmap pages" in a for a in e.assumptions) and e.decode_tps < e2.decode_tps / 2
+
+
+def test_calibrate_measures_and_is_reused(moe_ckpt: Path, tmp_path: Path) -> None:
+    import os
+
+    env = {**os.environ, "Q35_CACHE_DIR": str(tmp_path)}
+    path = str(gguf_for(moe_ckpt, "Q8_0"))
+    run = [sys.executable, "-m", "q35local.cli", "fit", path, "--json"]
+    r = subprocess.run([*run, "--calibrate"], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["estimate"]["calibrated"] is True
+    saved = json.loads((tmp_path / "calibration.json").read_text())["machines"]
+    (factors,) = saved.values()
+    assert factors["decode"] > 0 and factors["prefill"] > 0
+    again = json.loads(subprocess.run(run, capture_output=True, text=True, env=env).stdout)
+    assert again["estimate"]["calibrated"] is True
