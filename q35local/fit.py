@@ -125,7 +125,8 @@ def suggestions(m: ModelProfile, hw: Hardware, s: Settings, p: Plan) -> list[str
         host.planned_bytes + s.margin + (sum(d.planned_bytes for d in p.devices[:-1]) if hw.unified else 0)
     )
     if ram_need > hw.usable_ram():
-        out.append(f"more RAM: {(ram_need - hw.usable_ram()) / GiB:.0f} GiB more than is available now")
+        more = -(-(ram_need - hw.usable_ram()) // GiB)
+        out.append(f"more RAM: {more} GiB more than is available now")
     return out
 
 
@@ -137,7 +138,7 @@ def _capacity(hw: Hardware) -> int:
 
 def llama_server_flags(m: ModelProfile, p: Plan, model_arg: str) -> str:
     s = p.settings
-    flags = ["llama-server", "-m", model_arg, "-c", str(s.n_ctx), "-fa", "on"]
+    flags = ["llama-server", "-m", gguf_name(m, model_arg), "-c", str(s.n_ctx), "-fa", "on"]
     if p.devices[:-1]:
         flags += ["-ngl", "999" if not p.cpu_layers else str(p.n_gpu_layers)]
         cpu = sorted(p.cpu_expert_layers)
@@ -186,14 +187,30 @@ def report_json(m: ModelProfile, hw: Hardware, p: Plan, e: Estimate, sugg: list[
         "estimate": e.to_json(),
         "suggestions": sugg,
         "commands": {
+            "make": get_command(m, model_arg),
             "q35": chat_command(m, p, model_arg),
             "llama_server": llama_server_flags(m, p, model_arg),
         },
     }
 
 
+def gguf_name(m: ModelProfile, model_arg: str) -> str:
+    """The GGUF to run: the file itself, or what `q35 quantize` would name it."""
+    if model_arg.endswith(".gguf"):
+        return model_arg
+    return f"{m.name.removeprefix('Qwen/')}-{m.quant}.gguf"
+
+
+def get_command(m: ModelProfile, model_arg: str) -> str | None:
+    """How to make the GGUF when MODEL is a checkpoint folder or an official name."""
+    if model_arg.endswith(".gguf"):
+        return None
+    src = model_arg if Path(model_arg).is_dir() else f"Qwen/{m.name}"
+    return shlex.join(["q35", "quantize", src, "-o", gguf_name(m, model_arg), "--quant", m.quant])
+
+
 def chat_command(m: ModelProfile, p: Plan, model_arg: str) -> str:
-    return shlex.join(["q35", "chat", model_arg, "--ctx", str(p.settings.n_ctx)])
+    return shlex.join(["q35", "chat", gguf_name(m, model_arg), "--ctx", str(p.settings.n_ctx)])
 
 
 def print_report(
@@ -259,6 +276,9 @@ def print_report(
     for n in hw.notes:
         console.print(f"[dim]note: {n}[/]")
     if p.fits:
+        get = get_command(m, model_arg)
+        if get:
+            console.print(f"Make it:  [bold]{get}[/]  (from a Hub repo id or a downloaded checkpoint)")
         console.print(f"Run it:  [bold]{chat_command(m, p, model_arg)}[/]")
         console.print(f"llama.cpp:  {llama_server_flags(m, p, model_arg)}")
 
