@@ -148,7 +148,7 @@ def bench_app(gguf: Path, engine_tps: float) -> None:
         async with app.run_test(size=(120, 40)) as pilot:
             for _ in range(3):
                 await app.action_new_chat() if hasattr(app, "action_new_chat") else None
-                eng._clear()
+                eng.reset()
                 t_enter = time.perf_counter()
                 await app.send("Write a long story about a lighthouse keeper.")
                 first = None

@@ -35,7 +35,7 @@ def measure(model: Path, plan: Plan, n_gen: int = 64) -> tuple[float, float]:
     try:
         list(eng.generate(PROMPT, sampling=Sampling(temperature=0.0, max_tokens=8)))
         pre = eng.last_stats.prefill_tps
-        eng._clear()
+        eng.reset()
         list(
             eng.generate(
                 "<|im_start|>user\nTell me a story.<|im_end|>\n<|im_start|>assistant\n",

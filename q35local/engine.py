@@ -10,8 +10,10 @@ from __future__ import annotations
 import codecs
 import ctypes
 import os
+import queue
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,7 +98,11 @@ class LlamaEngine:
 
     The context keeps the tokens of the last turn: when the next prompt extends them exactly (the
     usual chat turn), only the new tokens are evaluated. DeltaNet state cannot be rolled back
-    partially, so any other prompt clears the context and starts over."""
+    partially, so any other prompt clears the context and starts over.
+
+    Every llama.cpp call runs on one thread the engine owns. ggml's CPU backend keeps an OpenMP
+    team per calling thread, and an idle team spins: decoding from a second thread (a UI worker after
+    a load on the main thread) measured 3× slower on 2 cores."""
 
     def __init__(
         self,
@@ -108,6 +114,26 @@ class LlamaEngine:
         n_threads: int | None = None,
         progress: Callable[[float], bool] | None = None,
         layout: str = "CPU only",
+    ) -> None:
+        self._exec: ThreadPoolExecutor | None = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
+        self.model = self.ctx = None
+        self.vision: Vision | None = None
+        args = (model_path, mmproj, n_ctx, plan, n_threads, progress, layout)
+        try:
+            self._exec.submit(self._init, *args).result()
+        except BaseException:
+            self.close()
+            raise
+
+    def _init(
+        self,
+        model_path: Path,
+        mmproj: Path | None,
+        n_ctx: int,
+        plan: Plan | None,
+        n_threads: int | None,
+        progress: Callable[[float], bool] | None,
+        layout: str,
     ) -> None:
         from . import llamalog
         from .loader import load_model, model_params
@@ -127,10 +153,8 @@ class LlamaEngine:
         cp.n_threads = cp.n_threads_batch = threads
         self.ctx = llama_cpp.llama_init_from_model(self.model, cp)
         if not self.ctx:
-            llama_cpp.llama_model_free(self.model)
             raise EngineError(f"llama.cpp could not create a {n_ctx}-token context (out of memory?)")
         self.n_ctx = llama_cpp.llama_n_ctx(self.ctx)
-        self.vision: Vision | None = None
         if mmproj is not None:
             self.vision = Vision(self, mmproj, n_threads=threads)  # type: ignore[arg-type]
         self.tokens: list[int] = []  # what the context holds, in order
@@ -236,6 +260,40 @@ class LlamaEngine:
         sampling: Sampling = DEFAULT_SAMPLING,
         stop: threading.Event | None = None,
     ) -> Iterator[str]:
+        """See Engine.generate. The work happens on the engine's thread; pieces come through a queue."""
+        out: queue.SimpleQueue = queue.SimpleQueue()
+        abandon = threading.Event()
+        done = object()
+
+        def produce() -> None:
+            try:
+                for piece in self._generate(prompt, images, sampling, stop, abandon):
+                    out.put(piece)
+            except BaseException as e:  # noqa: BLE001 - handed to the consumer
+                out.put(e)
+            out.put(done)
+
+        fut = self._exec.submit(produce)
+        try:
+            while True:
+                item = out.get()
+                if item is done:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            abandon.set()
+            fut.result()
+
+    def _generate(
+        self,
+        prompt: str,
+        images: Sequence[np.ndarray],
+        sampling: Sampling,
+        stop: threading.Event | None,
+        abandon: threading.Event,
+    ) -> Iterator[str]:
         stats = self.last_stats = GenStats()
         t0 = time.perf_counter()
         stats.prompt_tokens, stats.prefill_tokens = self._prefill(prompt, images)
@@ -246,7 +304,7 @@ class LlamaEngine:
         stats.finish = "length"
         try:
             for _ in range(sampling.max_tokens):
-                if stop is not None and stop.is_set():
+                if (stop is not None and stop.is_set()) or abandon.is_set():
                     stats.stopped, stats.finish = True, "cancelled"
                     break
                 tok = llama_cpp.llama_sampler_sample(chain, self.ctx, -1)
@@ -270,6 +328,17 @@ class LlamaEngine:
             stats.decode_s = time.perf_counter() - t1
 
     def close(self) -> None:
+        if self._exec is None:
+            return
+        self._exec.submit(self._close).result()
+        self._exec.shutdown()
+        self._exec = None
+
+    def reset(self) -> None:
+        """Forget the context (the next prompt is evaluated from scratch)."""
+        self._exec.submit(self._clear).result()
+
+    def _close(self) -> None:
         if self.vision is not None:
             self.vision.close()
             self.vision = None

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -54,6 +56,14 @@ F2 or ↑ (empty box) edit the last message · F3 copy the last reply · F4 copy
 ctrl+f attach an image · ctrl+o conversations · ctrl+n new chat · ctrl+p all commands · ctrl+q quit.
 Click a message to copy it, or a code block to copy just the code.
 Paste or drop an image file to attach it."""
+
+
+@dataclass
+class ReplyStarted(Message):
+    """The first text of a reply is in `buffer`: show it now rather than at the next timer tick."""
+
+    view: AssistantMessage
+    buffer: DeltaBuffer
 
 
 @dataclass
@@ -105,10 +115,11 @@ class ChatApp(App[int]):
         vision_note: str | None = None,
         flush_interval: float = 0.05,
     ) -> None:
-        """`sampling` None follows Qwen's recommendation for the thinking mode (switching with it);
-        `conversation_id` reopens a stored chat (InputError if there is none); `vision_note` is added to
-        the no-vision message (e.g. where an mmproj was looked for); `flush_interval` is the longest
-        time streamed text waits before it is shown."""
+        """`store` None keeps nothing on disk; `sampling` None follows Qwen's recommendation for the
+        thinking mode (and switches with it); `conversation_id` reopens a stored chat (InputError if there
+        is none); `vision_note` is added to the no-vision message (e.g. where an mmproj was looked for);
+        `flush_interval` is how often streamed text is shown while the UI is idle (stretched up to 0.5 s
+        while a long reply keeps it busy)."""
         super().__init__()
         self.engine = engine
         self.store = store
@@ -124,9 +135,11 @@ class ChatApp(App[int]):
         self.editing = False
         self.pending_images: list[PreparedImage] = []
         self.last_stats: GenStats | None = None
+        self.first_token_at: float | None = None  # perf_counter() when this reply's first text was shown
         self._stop_requested = False
         self._pump: Timer | None = None  # drains the reply buffer while a reply streams
         self._append_lock = asyncio.Lock()  # the pump and the end-of-reply handler append in turn
+        self._switch_interval = sys.getswitchinterval()
 
     def _new_session(self, conversation_id: int | None) -> ChatSession:
         return ChatSession(
@@ -151,6 +164,11 @@ class ChatApp(App[int]):
         yield Footer()
 
     async def on_mount(self) -> None:
+        # The generation thread needs the GIL back after every token (and during prompt rendering); while
+        # the UI thread is laying out text it waits up to the switch interval, 5 ms by default. 1 ms keeps
+        # that from eating into decode speed; restored on unmount.
+        self._switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(self._switch_interval, 0.001))
         self.transcript.anchor()
         await self._show_history()
         self._show_attachments()
@@ -168,11 +186,12 @@ class ChatApp(App[int]):
     async def _show_history(self) -> None:
         await self.transcript.remove_children()
         model = self.engine.info.model_name
+        if self.store is not None and self.session.conversation_id is not None:
+            with contextlib.suppress(InputError):  # label old replies with the model that wrote them
+                model = self.store.conversation(self.session.conversation_id).model
         widgets = history_widgets(self.session.messages, graphics=self.graphics, model=model)
         if widgets:
             await self.transcript.mount_all(widgets)
-            for view in self.transcript.query(AssistantMessage):
-                view.set_meta("")
         self.transcript.scroll_end(animate=False)
 
     def refresh_status(self, state: str = "") -> None:
@@ -228,25 +247,28 @@ class ChatApp(App[int]):
     async def send(self, text: str) -> None:
         images, self.pending_images = self.pending_images, []
         self._show_attachments()
-        await self._mount(UserMessage(text, images, graphics=self.graphics))
-        self._start(self.session.send(text, images), await self._new_reply_view())
+        await self._begin(self.session.send(text, images), UserMessage(text, images, graphics=self.graphics))
 
-    async def _new_reply_view(self) -> AssistantMessage:
-        view = AssistantMessage(model=self.engine.info.model_name)
-        await self._mount(view)
-        view.set_meta("")
-        return view
+    async def _begin(self, events: Iterator[Event], *before: Widget) -> None:
+        """Start the generation, then mount the turn's widgets: the prompt is rendered and prefilled
+        while they are laid out (that took 40-120 ms, a delay before the first token otherwise)."""
+        view = AssistantMessage(model=self.engine.info.model_name, expect_thinking=self.session.think)
+        buffer = self._start(events, view)
+        await self._mount(*before, view)
+        await self._drain(view, buffer)  # whatever arrived while mounting
 
-    def _start(self, events: Iterator[Event], view: AssistantMessage) -> None:
+    def _start(self, events: Iterator[Event], view: AssistantMessage) -> DeltaBuffer:
         self.generating = True
         self._stop_requested = False
+        self.first_token_at = None
         view.streaming = True
         buffer = DeltaBuffer()
-        pacer = Pacer(self.flush_interval, max(self.flush_interval, 1.0))
+        pacer = Pacer(self.flush_interval, max(self.flush_interval, 0.5))
         self._pump = self.set_interval(self.flush_interval, partial(self._tick, view, buffer, pacer))
         self.refresh_status()
         self.refresh_bindings()
         self._reply_worker(events, buffer, view)
+        return buffer
 
     async def _tick(self, view: AssistantMessage, buffer: DeltaBuffer, pacer: Pacer) -> None:
         if pacer.due():
@@ -254,23 +276,29 @@ class ChatApp(App[int]):
             pacer.mark()
 
     async def _drain(self, view: AssistantMessage, buffer: DeltaBuffer) -> None:
+        if not view.is_mounted:  # still being mounted by _begin, which drains once it is
+            return
         async with self._append_lock:
             if parts := buffer.take():
                 await view.append(parts)
+                if self.first_token_at is None:
+                    self.first_token_at = time.perf_counter()
 
     @work(thread=True, group="reply", exit_on_error=False)
     def _reply_worker(self, events: Iterator[Event], buffer: DeltaBuffer, view: AssistantMessage) -> None:
         """Drive the session in this thread; the text goes to `buffer`, the outcome to the app."""
         worker = get_current_worker()
         outcome: Done | ChatError | None = None
+        started = False
         try:
             for event in events:
                 if self._stop_requested or worker.is_cancelled:
                     self.session.stop()  # again on every event: a stop before the engine started counts too
-                if isinstance(event, ThinkingDelta):
-                    buffer.add("thinking", event.text)
-                elif isinstance(event, AnswerDelta):
-                    buffer.add("answer", event.text)
+                if isinstance(event, ThinkingDelta | AnswerDelta):
+                    buffer.add("thinking" if isinstance(event, ThinkingDelta) else "answer", event.text)
+                    if not started:
+                        started = True
+                        self.post_message(ReplyStarted(view, buffer))
                 else:
                     outcome = event
         except Exception as e:  # an engine or template failure must not end the app: show it as a line
@@ -280,8 +308,14 @@ class ChatApp(App[int]):
             with contextlib.suppress(RuntimeError):  # the app's loop is already closed (quit mid-reply)
                 self.post_message(ReplyEnded(view, buffer, outcome))
 
+    async def on_reply_started(self, message: ReplyStarted) -> None:
+        await self._drain(message.view, message.buffer)
+
     async def on_reply_ended(self, message: ReplyEnded) -> None:
         view, outcome = message.view, message.outcome
+        if not view.is_mounted:  # a reply that ended before its widget was up: settle it just after
+            self.set_timer(0.02, partial(self.post_message, ReplyEnded(view, message.buffer, outcome)))
+            return
         if self._pump is not None:
             self._pump.stop()
             self._pump = None
@@ -421,7 +455,7 @@ class ChatApp(App[int]):
             await self.show_error("nothing to regenerate: send a message first")
             return
         await self._remove_after(users.last(), inclusive=False)
-        self._start(self.session.regenerate(), await self._new_reply_view())
+        await self._begin(self.session.regenerate())
 
     def action_edit_last(self) -> None:
         if self._busy():
@@ -453,8 +487,7 @@ class ChatApp(App[int]):
         last = users.last()
         images = last.images
         await self._remove_after(last, inclusive=True)
-        await self._mount(UserMessage(text, images, graphics=self.graphics))
-        self._start(self.session.edit_last(text), await self._new_reply_view())
+        await self._begin(self.session.edit_last(text), UserMessage(text, images, graphics=self.graphics))
 
     async def _remove_after(self, widget: Widget, *, inclusive: bool) -> None:
         children = list(self.transcript.children)
@@ -543,6 +576,7 @@ class ChatApp(App[int]):
         # Quitting mid-reply: end the generation so the worker thread (and the process) can finish.
         if self.generating:
             self.session.stop()
+        sys.setswitchinterval(self._switch_interval)
 
 
 def launch(app: ChatApp) -> int:
@@ -551,8 +585,8 @@ def launch(app: ChatApp) -> int:
     textual-image must query the terminal for Kitty/Sixel support before Textual takes over stdin, so
     it is imported here; thumbnails then use the best protocol the terminal has.
     """
-    import textual_image.widget  # noqa: F401  (import side effect: the terminal capability query)
+    from .widgets.thumbnail import image_widget
 
-    app.graphics = True
+    app.graphics = image_widget(True) is not None  # the import queries the terminal, now or never
     app.run()
     return app.return_code or 0

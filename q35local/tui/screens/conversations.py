@@ -8,6 +8,7 @@ and it keeps the screen reproducible in snapshot tests.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -153,8 +154,8 @@ class ConversationsScreen(ModalScreen[Choice]):
 
         self.app.push_screen(TextPrompt("Export to Markdown file", name), done)
 
-    def _guard(self, action: object) -> None:
+    def _guard(self, action: Callable[[], None]) -> None:
         try:
-            action()  # type: ignore[operator]
+            action()
         except InputError as e:
             self.notify(str(e), severity="error")

@@ -15,9 +15,10 @@ from rich.text import Text
 from textual import events
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
+from textual.dom import DOMNode
 from textual.widget import Widget
 from textual.widgets import Collapsible, Markdown, Static
-from textual.widgets._markdown import MarkdownFence, MarkdownStream
+from textual.widgets.markdown import MarkdownFence, MarkdownStream
 
 from q35local.engine import GenStats
 
@@ -37,13 +38,13 @@ class MessageView(Vertical):
     def on_click(self, event: events.Click) -> None:
         if self.screen.get_selected_text():
             return
-        node = event.widget
+        node: DOMNode | None = event.widget
         while node is not None and node is not self:
             if isinstance(node, MarkdownFence):
                 self.app.copy_to_clipboard(node.code)
                 self.app.notify("Code block copied", timeout=2)
                 return
-            node = node.parent  # type: ignore[assignment]
+            node = node.parent
         if text := self.copy_text():
             self.app.copy_to_clipboard(text)
             self.app.notify("Message copied", timeout=2)
@@ -72,33 +73,50 @@ class UserMessage(MessageView):
 
 
 class AssistantMessage(MessageView):
-    """A reply; `append()` streams parts in, `finish()` settles it."""
+    """A reply; `append()` streams parts in, `finish()` settles it.
 
-    def __init__(self, answer: str = "", thinking: str = "", *, model: str = "Assistant") -> None:
+    The reasoning block is built up front only when reasoning is expected (thinking mode, or a stored
+    reply that has some): a Collapsible costs 10-30 ms to mount, time that would otherwise sit between
+    Enter and the first token."""
+
+    def __init__(
+        self,
+        answer: str = "",
+        thinking: str = "",
+        *,
+        model: str = "Assistant",
+        meta: str = "",
+        expect_thinking: bool = False,
+    ) -> None:
         super().__init__(classes="message assistant")
         self.answer = answer
         self.thinking = thinking
         self.model = model
+        self.meta = meta
+        self.expect_thinking = expect_thinking
         self.streaming = False
         self._answer_stream: MarkdownStream | None = None
         self._thinking_stream: MarkdownStream | None = None
 
     def compose(self) -> ComposeResult:
         yield Static(self.model, classes="role")
-        block = Collapsible(
-            Markdown(self.thinking, classes="thinking-body"),
-            title=THINKING_DONE,
-            collapsed=True,
-            classes="thinking",
-        )
-        block.display = bool(self.thinking)
-        yield block
+        if self.thinking or self.expect_thinking:
+            yield self._new_thinking_block()
         yield Markdown(self.answer, classes="answer")
-        yield Static("", classes="meta")
+        meta = Static(self.meta, classes="meta")
+        meta.display = bool(self.meta)
+        yield meta
+
+    def _new_thinking_block(self) -> Collapsible:
+        body = Markdown(self.thinking, classes="thinking-body")
+        block = Collapsible(body, title=THINKING_DONE, collapsed=True, classes="thinking")
+        block.display = bool(self.thinking)
+        return block
 
     @property
-    def thinking_block(self) -> Collapsible:
-        return self.query_one(".thinking", Collapsible)
+    def thinking_block(self) -> Collapsible | None:
+        blocks = self.query(".thinking").results(Collapsible)
+        return next(blocks, None)
 
     @property
     def answer_widget(self) -> Markdown:
@@ -116,6 +134,9 @@ class AssistantMessage(MessageView):
             if kind == "thinking":
                 if not self.thinking:
                     block = self.thinking_block
+                    if block is None:
+                        block = self._new_thinking_block()
+                        await self.mount(block, after=self.query_one(".role"))
                     block.display = True
                     block.title = THINKING_LIVE
                     block.collapsed = False
@@ -124,9 +145,9 @@ class AssistantMessage(MessageView):
                     self._thinking_stream = Markdown.get_stream(self.query_one(".thinking-body", Markdown))
                 await self._thinking_stream.write(text)
             else:
-                if not self.answer and self.thinking:
-                    self.thinking_block.collapsed = True
-                    self.thinking_block.title = THINKING_DONE
+                if not self.answer and (block := self.thinking_block) is not None:
+                    block.collapsed = True
+                    block.title = THINKING_DONE
                 self.answer += text
                 if self._answer_stream is None:
                     self._answer_stream = Markdown.get_stream(self.answer_widget)
@@ -138,8 +159,8 @@ class AssistantMessage(MessageView):
             if stream is not None:
                 await stream.stop()
         self._thinking_stream = self._answer_stream = None
-        if self.thinking:
-            block = self.thinking_block
+        block = self.thinking_block
+        if block is not None and self.thinking:
             block.title = THINKING_DONE
             if self.answer:
                 block.collapsed = True
@@ -191,8 +212,10 @@ def history_widgets(messages: Sequence[object], *, graphics: bool, model: str) -
             images = [i if not isinstance(i, str) else Path(i) for i in getattr(m, "images", None) or ()]
             out.append(UserMessage(_text(m), images, graphics=graphics))
         elif role == "assistant":
-            view = AssistantMessage(_text(m), getattr(m, "thinking", "") or "", model=model)
-            out.append(view)
+            stats = getattr(m, "stats", None)
+            note = "" if getattr(m, "complete", True) else "interrupted"
+            meta = reply_meta(stats, note)
+            out.append(AssistantMessage(_text(m), getattr(m, "thinking", "") or "", model=model, meta=meta))
     return out
 
 

@@ -44,16 +44,27 @@ def _pil(image: Attachment) -> PILImage.Image | None:
     return pic
 
 
+def image_widget(graphics: bool) -> type[Widget] | None:
+    """textual-image's widget class: the auto-detected one in a real terminal, half-block otherwise;
+    None when textual-image cannot start here (0.12 divides by zero when a pty reports no size)."""
+    try:
+        if graphics:
+            from textual_image.widget import Image as ImageWidget
+        else:
+            from textual_image.widget import HalfcellImage as ImageWidget
+    except Exception:
+        return None
+    return ImageWidget
+
+
 def thumbnail(image: Attachment, *, graphics: bool) -> Widget:
     """A captioned thumbnail; `graphics` allows terminal graphics protocols (real terminals only)."""
     pic = _pil(image)
     caption = describe(image)
-    if pic is None:
-        return Static(Text(f"[image unavailable: {caption}]"), classes="thumb-missing")
-    if graphics:
-        from textual_image.widget import Image as ImageWidget
-    else:
-        from textual_image.widget import HalfcellImage as ImageWidget
-    box = Vertical(ImageWidget(pic, classes="thumb-image"), Static(Text(caption), classes="thumb-caption"))
+    widget_class = image_widget(graphics) if pic is not None else None
+    if pic is None or widget_class is None:
+        missing = "unavailable" if pic is None else "attached"
+        return Static(Text(f"[image {missing}: {caption}]"), classes="thumb-missing")
+    box = Vertical(widget_class(pic, classes="thumb-image"), Static(Text(caption), classes="thumb-caption"))
     box.add_class("thumb")
     return box
