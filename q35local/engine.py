@@ -13,8 +13,8 @@ import os
 import queue
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -269,7 +269,7 @@ class LlamaEngine:
             try:
                 for piece in self._generate(prompt, images, sampling, stop, abandon):
                     out.put(piece)
-            except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            except BaseException as e:  # handed to the consumer, raised there
                 out.put(e)
             out.put(done)
 
