@@ -132,7 +132,8 @@ def bench_engine(gguf: Path) -> float:
     return best_ours
 
 
-def bench_app(gguf: Path, engine_tps: float) -> None:
+def bench_app(gguf: Path) -> None:
+    """The app (headless Pilot, real engine) against the same engine alone, in this one process."""
     from q35local.engine import LlamaEngine
     from q35local.sampling import NON_THINKING
     from q35local.template import ChatTemplate
@@ -141,32 +142,34 @@ def bench_app(gguf: Path, engine_tps: float) -> None:
     threads = psutil.cpu_count(logical=False) or os.cpu_count() or 1
     eng = LlamaEngine(gguf, n_ctx=2048, n_threads=threads)
     sampling = NON_THINKING.with_(max_tokens=N_TOKENS, seed=1, presence_penalty=0.0)
+    text = "Write a long story about a lighthouse keeper."
     results: list[tuple[float, float, float]] = []
+    alone: list[float] = []
 
-    async def one() -> None:
+    async def run_app() -> None:
         app = ChatApp(eng, None, ChatTemplate.default(), think=False, sampling=sampling)
         async with app.run_test(size=(120, 40)) as pilot:
             for _ in range(3):
-                await app.action_new_chat() if hasattr(app, "action_new_chat") else None
+                await app.action_new_chat()
                 eng.reset()
                 t_enter = time.perf_counter()
-                await app.send("Write a long story about a lighthouse keeper.")
-                first = None
+                await app.send(text)
                 while app.generating:
-                    if first is None and app.first_token_at is not None:
-                        first = app.first_token_at - t_enter
-                    await pilot.pause(0.005)
-                if first is None and app.first_token_at is not None:
-                    first = app.first_token_at - t_enter
+                    await pilot.pause(0.05)  # the bench's own polling stays light
                 st = app.last_stats
-                results.append((st.decode_tps, first or 0.0, st.prefill_s))
+                assert st is not None and app.first_token_at is not None
+                results.append((st.decode_tps, app.first_token_at - t_enter, st.prefill_s))
 
-    asyncio.run(one())
+    for _ in range(3):
+        eng.reset()
+        list(eng.generate(PROMPT, sampling=sampling))
+        alone.append(eng.last_stats.decode_tps)
+    asyncio.run(run_app())
     eng.close()
-    best = max(results)
+    best_app, best_alone = max(r[0] for r in results), max(alone)
     print(
-        f"app streaming: {best[0]:.1f} t/s vs engine {engine_tps:.1f} t/s; ratio {best[0] / engine_tps:.3f} "
-        f"(target >= 0.95)"
+        f"app streaming (headless): {best_app:.1f} t/s vs the engine alone {best_alone:.1f} t/s; "
+        f"ratio {best_app / best_alone:.3f} (target >= 0.95)"
     )
     lat = min(r[1] - r[2] for r in results)
     print(f"Enter -> first token on screen: prefill + {lat * 1e3:.0f} ms (target <= 50 ms)")
@@ -179,8 +182,8 @@ def main() -> int:
     gguf = model_path()
     print(f"model: {gguf.name}, {gguf.stat().st_size / 1e9:.2f} GB; {os.cpu_count()} CPUs\n")
     bench_memory(gguf)
-    tps = bench_engine(gguf)
-    bench_app(gguf, tps)
+    bench_engine(gguf)
+    bench_app(gguf)
     return 0
 
 

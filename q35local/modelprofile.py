@@ -62,6 +62,7 @@ class ModelProfile:
     params: int
     mmproj_bytes: int = 0
     tied: bool = False
+    active_param_count: int = 0  # weights one token multiplies: dense, routed experts in use, LM head
 
     @property
     def n_layer(self) -> int:
@@ -75,6 +76,12 @@ class ModelProfile:
     def weights(self) -> int:
         """Bytes llama.cpp loads (without MTP layers)."""
         return self.token_embd + self.output + sum(lb.dense + lb.experts for lb in self.layers)
+
+    @property
+    def lm_head(self) -> int:
+        """The output layer as placed on a device: with tied embeddings llama.cpp loads the embedding
+        a second time as the LM head (on the CPU both share one mapping)."""
+        return self.output + (self.token_embd if self.tied else 0)
 
     @property
     def expert_bytes(self) -> int:
@@ -105,10 +112,10 @@ class ModelProfile:
         """Weight bytes read per decoded token: every dense byte, the routed experts in use
         (n_expert_used of n_expert), and the LM head; the embedding is one row, so nothing."""
         frac = self.n_expert_used / self.n_expert if self.n_expert else 1.0
-        return self.output + sum(lb.dense + int(lb.experts * frac) for lb in self.layers)
+        return self.lm_head + sum(lb.dense + int(lb.experts * frac) for lb in self.layers)
 
     def active_params(self) -> float:
-        return self.params * self.active_bytes() / max(1, self.weights)
+        return float(self.active_param_count)
 
 
 def split_paths(path: Path) -> list[Path]:
@@ -168,6 +175,7 @@ def from_tensors(
     dense = [0] * n_layer
     experts = [0] * n_layer
     embd = out = nextn = params = 0
+    active = expert_active = 0
     names = set()
     for tname, nbytes, numel in tensors:
         names.add(tname)
@@ -179,12 +187,20 @@ def from_tensors(
                 nextn += nbytes
             elif EXPERTS.search(tname):
                 experts[il] += nbytes
+                expert_active += numel
             else:
                 dense[il] += nbytes
+                active += numel
         elif tname.startswith("token_embd"):
             embd += nbytes
         else:  # output.weight, output_norm.weight
             out += nbytes
+            active += numel
+    n_expert = int(kv.get(f"{arch}.expert_count", 0) or 0)
+    n_used = int(kv.get(f"{arch}.expert_used_count", 0) or 0)
+    if "output.weight" not in names:  # tied: the LM head is the embedding
+        active += next((n for t, _b, n in tensors if t == "token_embd.weight"), 0)
+    active += expert_active * n_used // n_expert if n_expert else expert_active
     vocab = kv.get("tokenizer.ggml.tokens")
     n_vocab = int(kv.get(f"{arch}.vocab_size") or 0)
     if not n_vocab:
@@ -205,8 +221,8 @@ def from_tensors(
         ssm_state=int(k("ssm.state_size")),
         ssm_group=int(k("ssm.group_count")),
         ssm_inner=int(k("ssm.inner_size")),
-        n_expert=int(kv.get(f"{arch}.expert_count", 0) or 0),
-        n_expert_used=int(kv.get(f"{arch}.expert_used_count", 0) or 0),
+        n_expert=n_expert,
+        n_expert_used=n_used,
         layers=tuple(LayerBytes(d, e) for d, e in zip(dense, experts, strict=True)),
         token_embd=embd,
         output=out,
@@ -215,6 +231,7 @@ def from_tensors(
         params=params,
         mmproj_bytes=mmproj_bytes,
         tied="output.weight" not in names,
+        active_param_count=active,
     )
 
 

@@ -218,9 +218,9 @@ def _plan_gpu(m: ModelProfile, hw: Hardware, s: Settings, n_cpu: int) -> Plan:
     fixed = [sum(_layer_fixed(m, s, il)) for il in gpu_layers]
     experts = [m.layers[il].experts for il in gpu_layers]
     # first try everything on the GPUs, then experts in RAM
-    full_blocks = _split_layers([f + e for f, e in zip(fixed, experts, strict=True)], caps, m.output)
+    full_blocks = _split_layers([f + e for f, e in zip(fixed, experts, strict=True)], caps, m.lm_head)
     all_on_gpu = full_blocks is not None
-    blocks = full_blocks or _split_layers(fixed, caps, m.output)
+    blocks = full_blocks or _split_layers(fixed, caps, m.lm_head)
     devs = [DevicePlan(d.name, d.kind, d.total_bytes, d.usable_bytes) for d in gpus]
     cpu_experts: list[int] = []
     reasons: list[str] = []
@@ -233,8 +233,8 @@ def _plan_gpu(m: ModelProfile, hw: Hardware, s: Settings, n_cpu: int) -> Plan:
         dev.compute = comp[k] + (CUDA_OVERHEAD if dev.kind == "cuda" else 0)
         dev.mmproj = mm if k == 0 else 0
         if k == len(devs) - 1:
-            dev.weights += m.output
-        room = caps[k] - sum(fixed[i] for i in block) - (m.output if k == len(devs) - 1 else 0)
+            dev.weights += m.lm_head
+        room = caps[k] - sum(fixed[i] for i in block) - (m.lm_head if k == len(devs) - 1 else 0)
         for i in block:
             il = gpu_layers[i]
             w, kv, rs = _layer_fixed(m, s, il)

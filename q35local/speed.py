@@ -17,9 +17,9 @@ from .planner import Plan
 
 ETA = {"cuda": 0.75, "metal": 0.70}  # share of spec bandwidth a decode reaches (fit.md 3.7)
 ETA_CPU = 0.6  # of theoretical DDR bandwidth
-CPU_CORE_GBS = 6.75  # GB/s of quantized weights one core streams through ggml's dot products
-CPU_CORE_GFLOPS = 120.0  # prefill: effective GFLOP/s per core (K-quants, AVX-512)
-CPU_LAYER_MS = 1.15  # per-layer overhead on the CPU, divided by the core count
+CPU_CORE_GBS = 18.7  # GB/s of weights one core streams through ggml's dot products (measured, AVX-512)
+CPU_CORE_GFLOPS = 200.0  # prefill: effective GFLOP/s per core (K-quants and BF16, AVX-512; measured)
+CPU_LAYER_MS = 1.7  # per-layer overhead on the CPU (many small DeltaNet ops), divided by the cores
 GPU_LAYER_MS = {"cuda": 0.10, "metal": 0.15}
 SPLIT_MS = 0.05  # per layer whose experts sit in RAM: a CPU↔GPU hop
 GPU_TFLOPS_PER_TBS = {"cuda": 25.0, "metal": 12.0}  # effective prefill TFLOP/s per TB/s of bandwidth
@@ -72,13 +72,13 @@ def estimate(m: ModelProfile, hw: Hardware, p: Plan, factors: dict[str, float] |
         )
         if d.kind == "cpu":
             if not hw.devices:
-                read += m.output
+                read += m.lm_head
             if read:
                 gbs = _cpu_gbs(hw, notes)
                 t += read / (gbs * 1e9)
             continue
         if d is p.devices[-2]:
-            read += m.output
+            read += m.lm_head
         dev = next(x for x in hw.devices if x.name == d.name)
         bw = dev.bandwidth_gbs or UNKNOWN_GPU_GBS
         if dev.bandwidth_gbs is None:
@@ -91,7 +91,7 @@ def estimate(m: ModelProfile, hw: Hardware, p: Plan, factors: dict[str, float] |
         fixed_ms = GPU_LAYER_MS.get(hw.kind, 0.12) * gpu_layers + SPLIT_MS * len(p.cpu_expert_layers)
         fixed_ms += CPU_LAYER_MS * len(p.cpu_layers) / cores
     else:
-        fixed_ms = 0.9 + CPU_LAYER_MS * m.n_layer / cores  # measured: 2 cores, 4- and 8-layer models
+        fixed_ms = CPU_LAYER_MS * m.n_layer / cores  # measured: 2 cores, 4- and 8-layer models
     notes.append(f"fixed per-token work {fixed_ms:.1f} ms ({m.n_layer} layers)")
     if not hw.devices and not p.fits:
         # mmap pages in what RAM cannot hold, again on every token for the experts it touches
