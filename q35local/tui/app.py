@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -113,7 +114,7 @@ class ChatApp(App[int]):
         system: str | None = None,
         conversation_id: int | None = None,
         vision_note: str | None = None,
-        flush_interval: float = 0.05,
+        flush_interval: float = 0.1,
     ) -> None:
         """`store` None keeps nothing on disk; `sampling` None follows Qwen's recommendation for the
         thinking mode (and switches with it); `conversation_id` reopens a stored chat (InputError if there
@@ -263,7 +264,14 @@ class ChatApp(App[int]):
         self.first_token_at = None
         view.streaming = True
         buffer = DeltaBuffer()
-        pacer = Pacer(self.flush_interval, max(self.flush_interval, 0.5))
+        # With few cores the UI thread takes its time from llama.cpp's threads: back off sooner there.
+        few = (os.cpu_count() or 1) <= 4
+        pacer = Pacer(
+            self.flush_interval,
+            max(self.flush_interval, 0.5),
+            busy_high=0.1 if few else 0.3,
+            busy_low=0.05 if few else 0.15,
+        )
         self._pump = self.set_interval(self.flush_interval, partial(self._tick, view, buffer, pacer))
         self.refresh_status()
         self.refresh_bindings()
