@@ -11,31 +11,17 @@ import struct
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
-from quantize.synth import SynthSpec, config_json, shard_groups
+from q35local.official import OFFICIAL
+from quantize.synth import config_json, shard_groups
 from quantize.synth.tokenizer import cached_tokenizer_json
 
 ROOT = Path(__file__).resolve().parent.parent
-SPEC = SynthSpec(
-    hidden_size=4096,
-    num_hidden_layers=60,
-    num_attention_heads=32,
-    num_key_value_heads=2,
-    head_dim=256,
-    linear_num_key_heads=16,
-    linear_num_value_heads=64,
-    linear_key_head_dim=128,
-    linear_value_head_dim=128,
-    num_experts=512,
-    num_experts_per_tok=10,
-    moe_intermediate_size=1024,
-    shared_expert_intermediate_size=1024,
-    mtp_num_hidden_layers=1,
-    vision=None,
-    max_position_embeddings=262144,
-    name="Qwen3.5-397B-A17B-shape",
-    shard_bytes=5 * 10**9,
+# the official 397B-A17B config (q35local.official), text only, in ~5 GB shards as published
+SPEC = replace(
+    OFFICIAL["Qwen3.5-397B-A17B"], vision=None, name="Qwen3.5-397B-A17B-shape", shard_bytes=5 * 10**9
 )
 
 
