@@ -182,7 +182,16 @@ def report_json(m: ModelProfile, hw: Hardware, p: Plan, e: Estimate, sugg: list[
             "params": m.params,
             "active_bytes_per_token": m.active_bytes(),
         },
-        "hardware": {"name": hw.name, "notes": list(hw.notes)},
+        "hardware": {
+            "name": hw.name,
+            "cpu": hw.cpu.model,
+            "ram_total_bytes": hw.ram_total,
+            "ram_available_bytes": hw.ram_available,
+            "disk_free_bytes": hw.disk_free,
+            "disk_read_gbs": hw.disk_read_gbs,
+            "backends": list(hw.backends),
+            "notes": list(hw.notes),
+        },
         **d,
         "estimate": e.to_json(),
         "suggestions": sugg,
@@ -273,6 +282,9 @@ def print_report(
         console.print("To make it fit:")
         for s_ in sugg:
             console.print(f"  • {s_}")
+    if hw.disk_free is not None:
+        speed = f", reads {hw.disk_read_gbs:.1f} GB/s" if hw.disk_read_gbs else ""
+        console.print(f"[dim]disk where the model lies: {hw.disk_free / 1e9:.0f} GB free{speed}[/]")
     for n in hw.notes:
         console.print(f"[dim]note: {n}[/]")
     if p.fits:
@@ -315,7 +327,8 @@ def best(hw: Hardware, s: Settings) -> list[dict]:
 
 
 def run_fit(args: argparse.Namespace) -> int:
-    hw = resolve_hardware(args.hardware)
+    local = Path(args.model).expanduser() if args.model else None
+    hw = resolve_hardware(args.hardware, local if local is not None and local.exists() else None)
     s = settings_from(args)
     console = Console()
     if args.best:

@@ -223,12 +223,12 @@ def load_hardware_file(path: Path) -> Hardware:
         raise InputError(path, f"bad hardware description: {what}") from None
 
 
-def resolve_hardware(spec: str) -> Hardware:
-    """`auto` probes this machine; a profile name; or a TOML/JSON file."""
+def resolve_hardware(spec: str, model_path: Path | None = None) -> Hardware:
+    """`auto` probes this machine (and the disk `model_path` lies on); a profile name; or a TOML/JSON file."""
     if spec == "auto":
         from .probe import probe
 
-        return probe()
+        return probe(model_path)
     if spec in PROFILES:
         return PROFILES[spec]
     path = Path(spec)

@@ -578,3 +578,17 @@ def test_profile_counts() -> None:
     assert len(PROFILES["2x5090-256"].devices) == 2
     assert PROFILES["cpu-epyc-768"].kind == "cpu"
     assert PROFILES["mac-studio-m3-ultra-512"].devices[0].bandwidth_gbs == 819
+
+
+def test_disk_free_and_read_speed_where_the_model_lies(tmp_path: Path) -> None:
+    from q35local.probe import disk_read_speed, probe
+
+    big = tmp_path / "model.gguf"
+    with open(big, "wb") as f:
+        f.write(os.urandom(1 << 20) * 600)  # 600 MiB, real blocks on disk
+    hw = probe(big)
+    assert hw.disk_free is not None and hw.disk_free > 0
+    assert hw.disk_read_gbs is not None and hw.disk_read_gbs > 0
+    small = tmp_path / "small.gguf"
+    small.write_bytes(b"x" * 1000)
+    assert disk_read_speed(small) is None
