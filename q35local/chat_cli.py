@@ -10,8 +10,6 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from quantize.errors import InputError
 
-from .runtime import default_mmproj, open_engine, template_for
-
 DEMO_MODEL = Path("demo/tiny-moe-Q8_0.gguf")
 
 
@@ -39,6 +37,7 @@ def _model(arg: Path | None) -> Path:
 
 
 def run_chat(args: argparse.Namespace) -> int:
+    from .runtime import default_mmproj, open_engine, template_for
     from .store import Store
     from .tui.app import ChatApp, launch
 

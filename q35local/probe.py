@@ -256,9 +256,9 @@ def probe(model_path: Path | None = None) -> Hardware:
 
 
 def calibration_path() -> Path:
-    from platformdirs import user_cache_path
+    from quantize.synth.tokenizer import cache_dir
 
-    return Path(os.environ.get("Q35_CACHE_DIR") or user_cache_path("q35local")) / "calibration.json"
+    return cache_dir() / "calibration.json"
 
 
 def measure_ram_bandwidth(nbytes: int = 512 * MiB, repeats: int = 3) -> float:

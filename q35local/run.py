@@ -7,8 +7,6 @@ import json
 import sys
 from pathlib import Path
 
-from .chat import AnswerDelta, ChatSession, Done, Error, ThinkingDelta
-from .runtime import default_mmproj, open_engine, template_for
 from .sampling import recommended
 
 
@@ -31,6 +29,9 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_run(args: argparse.Namespace) -> int:
+    from .chat import AnswerDelta, ChatSession, Done, Error, ThinkingDelta
+    from .runtime import default_mmproj, open_engine, template_for
+
     mmproj = args.mmproj or default_mmproj(args.model)
     engine = open_engine(args.model, mmproj, args.ctx, threads=args.threads)
     try:

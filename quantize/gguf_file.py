@@ -74,7 +74,17 @@ def _str(s: str) -> bytes:
     return struct.pack("<Q", len(b)) + b
 
 
+@dataclass(frozen=True)
+class Encoded:
+    """An array value already in GGUF form (item type, count, items), as a cache hands it back."""
+
+    data: bytes
+    count: int
+
+
 def _value(vtype: GGUFValueType, value: object, item_type: GGUFValueType | None) -> bytes:
+    if isinstance(value, Encoded):
+        return value.data
     if vtype == GGUFValueType.STRING:
         return _str(str(value))
     if vtype == GGUFValueType.ARRAY:

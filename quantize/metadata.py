@@ -4,14 +4,19 @@ Pure functions of the config and the tokenizer files; nothing here reads weights
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
+import os
 import re
+import struct
 from pathlib import Path
 
 from gguf import GGUFValueType as V
 
 from .config import Qwen35Config
 from .errors import InputError, read_json
-from .gguf_file import KV
+from .gguf_file import KV, Encoded, _value
 
 # llama.cpp token types
 NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
@@ -68,7 +73,78 @@ def _looks_special(s: str) -> bool:
     return bool(re.fullmatch(r"<\|.*\|>", s))
 
 
+_CACHE_VERSION = b"tokenizer-kvs 1"
+_BIG = 1024  # arrays longer than this are cached in encoded form
+
+
 def tokenizer_kvs(ckpt: Path, vocab_size: int) -> list[KV]:
+    """tokenizer.* keys, from a per-user cache keyed by the tokenizer files' bytes when they were
+    seen before: every Qwen 3.5 shares one 248K-token vocabulary, and parsing and encoding it is most
+    of the time a dry run or `q35 fit` on a checkpoint takes. The big arrays come back encoded."""
+    h = hashlib.sha256(_CACHE_VERSION + str(vocab_size).encode())
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        f = ckpt / name
+        h.update(name.encode() + (b"=" + f.read_bytes() if f.is_file() else b"-"))
+    from .synth.tokenizer import cache_dir
+
+    path = cache_dir() / "tokenizer-kvs" / f"{h.hexdigest()}.bin"
+    cached = _load_kvs(path)
+    if cached is not None:
+        return cached
+    kvs = _tokenizer_kvs(ckpt, vocab_size)
+    with contextlib.suppress(OSError):
+        _save_kvs(path, kvs)
+    return kvs
+
+
+def _save_kvs(path: Path, kvs: list[KV]) -> None:
+    """[8-byte length][JSON: one entry per KV, big arrays as (offset, length, count)][encoded arrays]"""
+    meta, blobs, off = [], [], 0
+    for kv in kvs:
+        entry = {
+            "key": kv.key,
+            "vtype": int(kv.vtype),
+            "item": None if kv.item_type is None else int(kv.item_type),
+        }
+        if kv.vtype == V.ARRAY and len(kv.value) > _BIG:  # type: ignore[arg-type]
+            data = _value(kv.vtype, kv.value, kv.item_type)
+            entry["enc"] = [off, len(data), len(kv.value)]  # type: ignore[arg-type]
+            blobs.append(data)
+            off += len(data)
+        else:
+            entry["value"] = kv.value
+        meta.append(entry)
+    head = json.dumps(meta, ensure_ascii=False).encode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(head)) + head)
+        for b in blobs:
+            f.write(b)
+    os.replace(tmp, path)
+
+
+def _load_kvs(path: Path) -> list[KV] | None:
+    try:
+        raw = path.read_bytes()
+        (n,) = struct.unpack_from("<Q", raw)
+        base = 8 + n
+        out = []
+        for e in json.loads(raw[8:base]):
+            vtype, item = V(e["vtype"]), None if e["item"] is None else V(e["item"])
+            if "enc" in e:
+                off, ln, count = e["enc"]
+                if base + off + ln > len(raw):
+                    return None
+                out.append(KV(e["key"], vtype, Encoded(raw[base + off : base + off + ln], count), item))
+            else:
+                out.append(KV(e["key"], vtype, e["value"], item))
+        return out
+    except (OSError, ValueError, KeyError, TypeError, struct.error):
+        return None
+
+
+def _tokenizer_kvs(ckpt: Path, vocab_size: int) -> list[KV]:
     """tokenizer.* keys from tokenizer.json and tokenizer_config.json, as llama.cpp's gpt2 BPE reads them."""
     tj_path = ckpt / "tokenizer.json"
     tj = _read_json(tj_path)

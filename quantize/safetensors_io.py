@@ -14,9 +14,8 @@ import math
 import mmap
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 import numpy as np
 
@@ -41,9 +40,9 @@ DTYPES: dict[str, tuple[np.dtype, int]] = {
 MAX_HEADER = 100 * 1024 * 1024  # the format's own limit
 
 
-@dataclass(frozen=True)
-class TensorEntry:
-    """Where one tensor lies in a shard, as the header declares it (already validated)."""
+class TensorEntry(NamedTuple):
+    """Where one tensor lies in a shard, as the header declares it (already validated).
+    A named tuple: a 397B checkpoint has ~94K of them, and tuples are built several times faster."""
 
     name: str
     dtype: str
@@ -92,13 +91,13 @@ def read_header(
             continue
         try:
             dtype = info["dtype"]
-            shape = tuple(int(d) for d in info["shape"])
-            b, e = (int(x) for x in info["data_offsets"])
+            shape = tuple(map(int, info["shape"]))
+            b, e = map(int, info["data_offsets"])
         except (KeyError, TypeError, ValueError):
             raise InputError(path, f"tensor {name!r} has a malformed header entry") from None
         if dtype not in DTYPES:
             raise InputError(path, f"tensor {name!r} has unsupported dtype {dtype}")
-        if any(d < 0 for d in shape):
+        if shape and min(shape) < 0:
             raise InputError(path, f"tensor {name!r} has a negative dimension {shape}")
         numel = math.prod(shape)
         if not 0 <= b <= e:

@@ -327,13 +327,13 @@ def test_cpu_only_paging_estimate_is_slower_and_labelled() -> None:
 def test_calibrate_measures_and_is_reused(moe_ckpt: Path, tmp_path: Path) -> None:
     import os
 
-    env = {**os.environ, "Q35_CACHE_DIR": str(tmp_path)}
+    env = {**os.environ, "Q35_CACHE": str(tmp_path)}
     path = str(gguf_for(moe_ckpt, "Q8_0"))
     run = [sys.executable, "-m", "q35local.cli", "fit", path, "--json"]
     r = subprocess.run([*run, "--calibrate"], capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["estimate"]["calibrated"] is True
-    saved = json.loads((tmp_path / "calibration.json").read_text())["machines"]
+    saved = json.loads((tmp_path / "q35local" / "calibration.json").read_text())["machines"]
     (factors,) = saved.values()
     assert factors["decode"] > 0 and factors["prefill"] > 0
     again = json.loads(subprocess.run(run, capture_output=True, text=True, env=env).stdout)
