@@ -111,3 +111,23 @@ def test_gguf_writer_round_trips_through_gguf_py(tmp_path: Path) -> None:
     ours = read_gguf(path)
     assert ours.get("x.strs") == ["Ġ Ġ", "日本"] and ours.data_start == r.data_offset
     assert [(n, s) for n, s, _t, _o in ours.tensors] == [("a", (32, 2)), ("b", (32, 3))]
+
+
+def test_tokenizer_metadata_cache_is_exact_and_survives_damage(
+    moe_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cached tokenizer keys encode to the same bytes as computing them afresh; a damaged cache
+    file is ignored (and rewritten), never trusted."""
+    from quantize import metadata
+    from quantize.gguf_file import encode_header
+
+    monkeypatch.setenv("Q35_CACHE", str(tmp_path))
+    fresh = metadata._tokenizer_kvs(moe_ckpt, 248320)
+    first = metadata.tokenizer_kvs(moe_ckpt, 248320)  # computes and writes the cache
+    (cached_file,) = (tmp_path / "q35local" / "tokenizer-kvs").iterdir()
+    second = metadata.tokenizer_kvs(moe_ckpt, 248320)  # reads it
+    want = encode_header(fresh, [])[0]
+    assert encode_header(first, [])[0] == want and encode_header(second, [])[0] == want
+    assert type(second[2].value).__name__ == "Encoded"
+    cached_file.write_bytes(cached_file.read_bytes()[:1000])  # truncated
+    assert encode_header(metadata.tokenizer_kvs(moe_ckpt, 248320), [])[0] == want
