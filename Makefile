@@ -23,7 +23,9 @@ test: setup
 # the tiny model is generated and quantized once; then: will it fit here, and a chat with it
 demo: setup $(DEMO)/tiny-moe-Q8_0.gguf
 	$(BIN)/q35 fit $(DEMO)/tiny-moe-Q8_0.gguf
-	$(BIN)/q35 chat $(DEMO)/tiny-moe-Q8_0.gguf
+	@# in a terminal: the chat; piped or scripted (no terminal to draw on): one headless answer instead
+	@if [ -t 0 ] && [ -t 1 ]; then $(BIN)/q35 chat $(DEMO)/tiny-moe-Q8_0.gguf; \
+	else $(BIN)/q35 run $(DEMO)/tiny-moe-Q8_0.gguf -p "Hello! Who are you?" -n 64; fi
 
 $(DEMO)/tiny-moe-Q8_0.gguf: | $(STAMP)
 	test -f $(DEMO)/tiny-moe/config.json || $(BIN)/q35 make-tiny $(DEMO)/tiny-moe --moe

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -41,6 +42,8 @@ def run_chat(args: argparse.Namespace) -> int:
     from .store import Store
     from .tui.app import ChatApp, launch
 
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise InputError(None, "q35 chat needs a terminal; for a pipe or a script use q35 run -p PROMPT")
     model = _model(args.model)
     mmproj = args.mmproj or default_mmproj(model)
     with Progress(

@@ -166,3 +166,14 @@ def test_pull_offline_from_local_cache(tiny: Path, tmp_path: Path) -> None:
     assert f"q35 chat {snap / 'q35-tiny-Q8_0.gguf'}" in r.stdout
     _one_line_error(q35("pull", "q35/tiny-GGUF", "--quant", "Q2_K", env=env), "no Q2_K GGUF")
     _one_line_error(q35("pull", "q35/absent", "--quant", "Q8_0", env=env), "HF_HUB_OFFLINE")
+
+
+def test_chat_without_a_terminal_points_to_run(tiny: Path) -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "q35local.cli", "chat", str(tiny)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    _one_line_error(r, "q35 run")
