@@ -338,3 +338,29 @@ def test_calibrate_measures_and_is_reused(moe_ckpt: Path, tmp_path: Path) -> Non
     assert factors["decode"] > 0 and factors["prefill"] > 0
     again = json.loads(subprocess.run(run, capture_output=True, text=True, env=env).stdout)
     assert again["estimate"]["calibrated"] is True
+
+
+def test_split_gguf_profile_equals_the_single_file(small_moe_ckpt: Path, tmp_path: Path) -> None:
+    from quantize.convert import ConvertOptions, convert
+
+    out = tmp_path / "split.gguf"
+    convert(ConvertOptions(checkpoint=small_moe_ckpt, output=out, quant="Q8_0", split_max_size=4 << 20))
+    shards = sorted(tmp_path.glob("split-*-of-*.gguf"))
+    assert len(shards) > 1
+    whole = from_gguf(gguf_for(small_moe_ckpt, "Q8_0"))
+    for shard in (shards[0], shards[-1]):  # any shard names the whole model
+        m = from_gguf(shard)
+        assert m.weights == whole.weights and m.layers == whole.layers
+        assert m.file_bytes == sum(p.stat().st_size for p in shards)
+    shards[1].unlink()
+    r = q35("fit", str(shards[0]))
+    assert r.returncode == 1 and shards[1].name in r.stderr
+
+
+def test_fit_on_a_checkpoint_folder(small_moe_ckpt: Path) -> None:
+    r = q35("fit", str(small_moe_ckpt), "--quant", "Q4_K_XL", "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    written = gguf_for(small_moe_ckpt, "Q4_K_XL").stat().st_size
+    assert d["model"]["file_bytes"] == pytest.approx(written, rel=0.005)
+    assert d["commands"]["make"].startswith("q35 quantize " + str(small_moe_ckpt))
