@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import importlib.util
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,9 +21,11 @@ GGMLType = GGMLQuantizationType
 
 @functools.cache
 def _lib() -> ctypes.CDLL:
-    import llama_cpp  # its import loads libggml-base first, so the symbols resolve
-
-    libdir = Path(llama_cpp.__file__).parent / "lib"
+    # found, not imported: importing llama_cpp costs ~60 ms, and libggml-base needs nothing else
+    spec = importlib.util.find_spec("llama_cpp")
+    if spec is None or spec.origin is None:
+        raise ImportError("llama-cpp-python is not installed (it provides ggml's quantizers)")
+    libdir = Path(spec.origin).parent / "lib"
     names = {"darwin": "libggml-base.dylib", "win32": "ggml-base.dll"}
     path = libdir / names.get(sys.platform, "libggml-base.so")
     lib = ctypes.CDLL(str(path))
