@@ -160,7 +160,7 @@ def official_profiles(name: str, quants: list[str]) -> dict:  # -> dict[str, Mod
             apply_stock(plan, scheme.stock, cfg, n_blocks(cfg, True))
         tensors = [(t.name, t.nbytes, t.numel) for t in plan]
         size = HEADER_BYTES + sum(-(-n // 32) * 32 for _n, n, _e in tensors)
-        mm = sum(t.nbytes for t in plan_mmproj(ckpt, scheme.out)) if spec.vision else 0
+        mm = sum(t.nbytes for t in plan_mmproj(ckpt, scheme.mmproj_out)) if spec.vision else 0
         out[q] = from_tensors(spec.name, f"official: {spec.name}", q, kv, tensors, size, mm)
     return out
 

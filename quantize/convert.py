@@ -316,7 +316,7 @@ def prepare(ckpt: Checkpoint, opts: ConvertOptions, check_output: bool = True) -
         apply_stock(plan, scheme.stock, cfg, n_blocks(cfg, opts.mtp))
     vision = opts.write_mmproj and has_vision(ckpt)
     mm_path = (opts.mmproj or default_mmproj_path(opts.output)) if vision else None
-    mm_plan = plan_mmproj(ckpt, scheme.out) if vision else []
+    mm_plan = plan_mmproj(ckpt, scheme.mmproj_out) if vision else []
     if mm_path is not None:
         if mm_path.resolve() == opts.output.resolve():
             raise InputError(mm_path, "the mmproj path is the model's output path")
@@ -348,7 +348,7 @@ def prepare(ckpt: Checkpoint, opts: ConvertOptions, check_output: bool = True) -
     if mm_path is not None:
         pre = ckpt.path / "preprocessor_config.json"
         preprocessor = read_json(pre, "missing") if pre.exists() else {}
-        mm_kvs = mmproj_metadata(ckpt, scheme.out, name, preprocessor) + sampling_kvs(ckpt.path)
+        mm_kvs = mmproj_metadata(ckpt, scheme.mmproj_out, name, preprocessor) + sampling_kvs(ckpt.path)
         mm_infos = [TensorInfo(t.name, t.shape, t.ggml_type) for t in mm_plan]
         mm_shards = plan_shards(mm_path, mm_kvs, mm_infos, None)
     if opts.mmproj is not None and not has_vision(ckpt):

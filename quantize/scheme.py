@@ -21,6 +21,12 @@ class Scheme:
     file_type: int
     stock: str | None = None  # one of llama.cpp's own mixtures
 
+    @property
+    def mmproj_out(self) -> OutType:
+        """The vision projector's type: the file type, except that the stock mixtures (planned from F32
+        so that every tensor can take llama-quantize's type) ship it in F16 as everyone does."""
+        return OutType.F16 if self.stock else self.out
+
 
 def choices() -> list[str]:
     return WHOLE_FILE + preset_names() + list(STOCK)

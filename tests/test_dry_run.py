@@ -45,3 +45,15 @@ def test_dry_run_table(small_moe_ckpt: Path, tmp_path: Path, capsys) -> None:
     text = capsys.readouterr().out
     assert "dry run: nothing written" in text and "ffn_up_exps" in text and "Q3_K" in text
     assert list(tmp_path.iterdir()) == []
+
+
+def test_stock_mixtures_write_the_mmproj_in_f16(moe_ckpt: Path, tmp_path: Path) -> None:
+    from quantize.convert import ConvertOptions, convert
+
+    def mm(quant: str) -> list:
+        opts = ConvertOptions(checkpoint=moe_ckpt, output=tmp_path / f"{quant}.gguf", quant=quant)
+        r = convert(opts, dry_run=True)
+        assert r.mmproj is not None
+        return [(t.name, t.ggml_type) for t in r.mmproj.tensors]
+
+    assert mm("Q4_K_M") == mm("F16")
