@@ -5,12 +5,14 @@ reasons instead of failing halfway through a load (or swapping the machine to a 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 from quantize.errors import InputError
 
 from .engine import LlamaEngine
+from .hardware import resolve_hardware
 from .modelprofile import from_gguf
 from .planner import Plan, Settings, plan
 from .probe import probe
@@ -38,8 +40,12 @@ def layout_line(p: Plan) -> str:
 
 
 def plan_for(model: Path, mmproj: Path | None, n_ctx: int) -> Plan:
+    """The layout for this machine; Q35_HARDWARE (a profile name or a TOML/JSON file) plans for a
+    described machine instead, e.g. to keep a share of a shared server free."""
     profile = from_gguf(model, mmproj)
-    p = plan(profile, probe(), Settings(n_ctx=n_ctx, mmproj=mmproj is not None))
+    spec = os.environ.get("Q35_HARDWARE")
+    hw = resolve_hardware(spec) if spec else probe()
+    p = plan(profile, hw, Settings(n_ctx=n_ctx, mmproj=mmproj is not None))
     if not p.fits:
         raise InputError(
             model,

@@ -177,3 +177,11 @@ def test_chat_without_a_terminal_points_to_run(tiny: Path) -> None:
         timeout=60,
     )
     _one_line_error(r, "q35 run")
+
+
+def test_a_model_that_will_not_fit_is_stopped_before_loading(tiny: Path, tmp_path: Path) -> None:
+    small = tmp_path / "small.toml"
+    small.write_text('name = "small box"\nram_gb = 0.25\ncores = 2\n')
+    r = q35("run", str(tiny), "-p", "hi", env={"Q35_HARDWARE": str(small)})
+    _one_line_error(r, "will not fit on this machine")
+    assert "q35 fit" in r.stderr
