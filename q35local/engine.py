@@ -10,7 +10,6 @@ from __future__ import annotations
 import codecs
 import ctypes
 import os
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -22,6 +21,8 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import psutil
 from llama_cpp import llama_cpp
+
+from quantize.stream import prefetch
 
 from .sampling import Sampling
 from .vision import Vision
@@ -260,31 +261,10 @@ class LlamaEngine:
         sampling: Sampling = DEFAULT_SAMPLING,
         stop: threading.Event | None = None,
     ) -> Iterator[str]:
-        """See Engine.generate. The work happens on the engine's thread; pieces come through a queue."""
-        out: queue.SimpleQueue = queue.SimpleQueue()
-        abandon = threading.Event()
-        done = object()
-
-        def produce() -> None:
-            try:
-                for piece in self._generate(prompt, images, sampling, stop, abandon):
-                    out.put(piece)
-            except BaseException as e:  # handed to the consumer, raised there
-                out.put(e)
-            out.put(done)
-
-        fut = self._exec.submit(produce)
-        try:
-            while True:
-                item = out.get()
-                if item is done:
-                    break
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            abandon.set()
-            fut.result()
+        """See Engine.generate. The work happens on the engine's thread; pieces come through a queue
+        (and if the caller stops reading, generation stops at the next token, on that thread)."""
+        work = self._generate(prompt, images, sampling, stop)
+        return prefetch(work, 0, start=lambda fn: self._exec.submit(fn).result)
 
     def _generate(
         self,
@@ -292,7 +272,6 @@ class LlamaEngine:
         images: Sequence[np.ndarray],
         sampling: Sampling,
         stop: threading.Event | None,
-        abandon: threading.Event,
     ) -> Iterator[str]:
         stats = self.last_stats = GenStats()
         t0 = time.perf_counter()
@@ -304,7 +283,7 @@ class LlamaEngine:
         stats.finish = "length"
         try:
             for _ in range(sampling.max_tokens):
-                if (stop is not None and stop.is_set()) or abandon.is_set():
+                if stop is not None and stop.is_set():
                     stats.stopped, stats.finish = True, "cancelled"
                     break
                 tok = llama_cpp.llama_sampler_sample(chain, self.ctx, -1)
@@ -323,6 +302,9 @@ class LlamaEngine:
             tail = utf8.decode(b"", final=True)
             if tail:
                 yield tail
+        except GeneratorExit:  # the reader went away: the stream was cancelled
+            stats.stopped, stats.finish = True, "cancelled"
+            raise
         finally:
             llama_cpp.llama_sampler_free(chain)
             stats.decode_s = time.perf_counter() - t1

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
@@ -104,8 +104,13 @@ class _Failed:
         self.exc = exc
 
 
-def prefetch(it: Iterator[T_], depth: int) -> Iterator[T_]:
-    """Run an iterator on a background thread, `depth` items ahead; errors re-raise in the consumer."""
+def prefetch(
+    it: Iterator[T_], depth: int, start: Callable[[Callable[[], None]], Callable[[], object]] | None = None
+) -> Iterator[T_]:
+    """Run an iterator on another thread, `depth` items ahead (0: unbounded); errors re-raise in the
+    consumer. `start(work)` runs the producer somewhere else than a new daemon thread (an executor
+    that owns a library's thread) and returns how to wait for it. If the consumer leaves early, the
+    iterator is closed on the producer's thread, so its cleanup runs where its work did."""
     q: queue.Queue = queue.Queue(depth)
     stop = threading.Event()
     done = object()
@@ -123,13 +128,20 @@ def prefetch(it: Iterator[T_], depth: int) -> Iterator[T_]:
         try:
             for x in it:
                 if not put(x):
+                    close = getattr(it, "close", None)
+                    if close is not None:
+                        close()
                     return
             put(done)
         except BaseException as e:  # handed to the consumer, re-raised there
             put(_Failed(e))
 
-    th = threading.Thread(target=work, daemon=True)
-    th.start()
+    if start is None:
+        th = threading.Thread(target=work, daemon=True)
+        th.start()
+        join: Callable[[], object] = th.join
+    else:
+        join = start(work)
     try:
         while True:
             x = q.get()
@@ -140,4 +152,4 @@ def prefetch(it: Iterator[T_], depth: int) -> Iterator[T_]:
             yield x
     finally:
         stop.set()
-        th.join()
+        join()

@@ -196,3 +196,17 @@ def test_conversation_survives_a_kill_mid_reply(moe_ckpt: Path, tmp_path: Path) 
     assert rows[0] == ("user", "Tell me everything.", 1)
     assert rows[1][0] == "assistant" and len(rows[1][1]) > 0 and rows[1][2] == 0  # partial, marked so
     json.dumps(rows)  # plain values
+
+
+def test_abandoned_stream_stops_on_the_engine_thread(engine: LlamaEngine) -> None:
+    it = engine.generate(
+        "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n", sampling=Sampling(max_tokens=500, seed=11)
+    )
+    got = [next(it) for _ in range(3)]
+    it.close()
+    assert len(got) == 3
+    st = engine.last_stats
+    assert st.stopped and st.finish == "cancelled" and st.completion_tokens < 20
+    greedy = Sampling(max_tokens=4, temperature=0.0)
+    again = list(engine.generate("<|im_start|>user\nhi<|im_end|>\n", sampling=greedy))
+    assert again and engine.last_stats.completion_tokens == 4
