@@ -50,9 +50,10 @@ def choose_files(files: list[str], quant: str, mmproj: bool = True) -> list[str]
 
 def pull(repo: str, quant: str, revision: str | None = None, mmproj: bool = True) -> list[Path]:
     from huggingface_hub import HfApi, constants, snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
-    try:
+    from quantize.hub import hub_errors
+
+    with hub_errors(repo):
         if constants.HF_HUB_OFFLINE:
             snap = Path(snapshot_download(repo, revision=revision, local_files_only=True))
             files = [str(p.relative_to(snap)) for p in snap.rglob("*") if p.is_file()]
@@ -60,12 +61,6 @@ def pull(repo: str, quant: str, revision: str | None = None, mmproj: bool = True
             files = HfApi().list_repo_files(repo, revision=revision)
         wanted = choose_files(files, quant, mmproj)
         snap = Path(snapshot_download(repo, revision=revision, allow_patterns=wanted))
-    except RepositoryNotFoundError:
-        raise InputError(None, f"{repo}: no such repository on the Hub (or it is private)") from None
-    except LocalEntryNotFoundError:
-        raise InputError(None, f"{repo}: not in the HF cache, and HF_HUB_OFFLINE is set") from None
-    except (HfHubHTTPError, OSError) as e:
-        raise InputError(None, f"{repo}: download failed ({e}); run the same command to resume") from None
     paths = [snap / f for f in wanted]
     missing = [p for p in paths if not p.is_file()]
     if missing:

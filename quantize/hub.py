@@ -7,7 +7,9 @@ download; offline (HF_HUB_OFFLINE=1) every shard must already be in the cache.""
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,7 +40,8 @@ class HubSource:
             return None
         fs = HfFileSystem()
         path = f"{self.repo_id}/{filename}"
-        size = fs.info(path, revision=self.revision)["size"]
+        with hub_errors(path):
+            size = fs.info(path, revision=self.revision)["size"]
         return (lambda: fs.open(path, "rb", revision=self.revision, block_size=1 << 20)), size
 
     def fetch(self, path: Path) -> None:
@@ -46,7 +49,8 @@ class HubSource:
         from huggingface_hub.errors import LocalEntryNotFoundError
 
         try:
-            got = Path(hf_hub_download(self.repo_id, path.name, revision=self.revision))
+            with hub_errors(str(path)):
+                got = Path(hf_hub_download(self.repo_id, path.name, revision=self.revision))
         except LocalEntryNotFoundError:
             raise InputError(path, "shard is not in the HF cache and the Hub cannot be reached") from None
         if got.resolve() != path.resolve():
@@ -64,6 +68,33 @@ class HubSource:
         self.deleted.append(path.name)
 
 
+@contextlib.contextmanager
+def hub_errors(what: str) -> Iterator[None]:
+    """Network and Hub failures as one line naming `what` (a repo id or a file), never a traceback.
+    huggingface-hub raises its own errors, OSError, or its HTTP client's exceptions (whose module
+    differs between versions), so anything that is not already ours is caught here."""
+    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        yield
+    except InputError:
+        raise
+    except RepositoryNotFoundError:
+        raise InputError(
+            what, "no such repository on the Hub (or it is private: log in with `hf auth login`)"
+        ) from None
+    except LocalEntryNotFoundError:
+        from huggingface_hub import constants
+
+        why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "the Hub cannot be reached"
+        raise InputError(what, f"not in the local HF cache, and {why}") from None
+    except Exception as e:  # the network boundary: connection, DNS, HTTP status, timeouts
+        msg = " ".join(str(e).split())[:200]
+        raise InputError(
+            what, f"could not reach the Hub ({type(e).__name__}: {msg}); run again to resume"
+        ) from None
+
+
 def open_hub(repo_id: str, revision: str | None = None, delete_shards: bool = False) -> HubSource:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
@@ -77,4 +108,7 @@ def open_hub(repo_id: str, revision: str | None = None, delete_shards: bool = Fa
         ) from None
     except HfHubHTTPError as e:
         raise InputError(repo_id, f"no such checkpoint folder, and the Hub says: {e}") from None
+    except Exception as e:  # connection errors from the HTTP client
+        with hub_errors(repo_id):
+            raise e
     return HubSource(repo_id, revision, snap, delete_shards)

@@ -66,3 +66,22 @@ def test_unknown_repo_offline_is_one_line(tmp_path: Path) -> None:
     err = r.stderr.strip()
     assert err.count("\n") == 0 and "nobody/nothing" in err and "HF cache" in err
     assert not (tmp_path / "m.gguf").exists()
+
+
+def test_hub_failures_become_one_line_errors() -> None:
+    import pytest
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from quantize.errors import InputError
+    from quantize.hub import hub_errors
+
+    class ConnectError(Exception):  # what the HTTP client raises when DNS or the connection fails
+        pass
+
+    want = r"^org/repo: could not reach the Hub \(ConnectError: no route\)"
+    with pytest.raises(InputError, match=want), hub_errors("org/repo"):
+        raise ConnectError("no\n route")
+    with pytest.raises(InputError, match="not in the local HF cache"), hub_errors("org/repo"):
+        raise LocalEntryNotFoundError("offline")
+    with pytest.raises(InputError, match="bad shard"), hub_errors("org/repo"):
+        raise InputError("x", "bad shard")  # ours pass through unchanged
