@@ -88,20 +88,14 @@ def allocations(model: Path, plan: Plan, n_ctx: int) -> dict[str, float]:
     from llama_cpp import llama_cpp
 
     from . import llamalog
-    from .loader import load_model, model_params
+    from .loader import context_params, load_model, model_params
 
     llamalog.capture()
     mark = llamalog.mark()
     lp = model_params(plan)
     m = load_model(model, lp)
     try:
-        cp = llama_cpp.llama_context_default_params()
-        cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max = (
-            n_ctx,
-            512,
-            plan.settings.n_ubatch,
-            plan.settings.n_seq,
-        )
+        cp = context_params(n_ctx, n_ubatch=plan.settings.n_ubatch, n_seq=plan.settings.n_seq)
         ctx = llama_cpp.llama_init_from_model(m, cp)
         if not ctx:
             raise InputError(model, f"llama.cpp could not create a {n_ctx}-token context")

@@ -38,7 +38,8 @@ def _model(arg: Path | None) -> Path:
 
 
 def run_chat(args: argparse.Namespace) -> int:
-    from .runtime import default_mmproj, open_engine, template_for
+    from .modelprofile import default_mmproj
+    from .runtime import open_engine, template_for
     from .store import Store
     from .tui.app import ChatApp, launch
 

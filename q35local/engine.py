@@ -30,6 +30,7 @@ from .vision import Vision
 DEFAULT_SAMPLING = Sampling()
 
 if TYPE_CHECKING:
+    from .modelprofile import ModelProfile
     from .planner import Plan
 
 
@@ -115,11 +116,14 @@ class LlamaEngine:
         n_threads: int | None = None,
         progress: Callable[[float], bool] | None = None,
         layout: str = "CPU only",
+        profile: ModelProfile | None = None,
     ) -> None:
+        """`profile` is the model's header as the caller already read it (for planning); without
+        one, the engine reads it."""
         self._exec: ThreadPoolExecutor | None = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
         self.model = self.ctx = None
         self.vision: Vision | None = None
-        args = (model_path, mmproj, n_ctx, plan, n_threads, progress, layout)
+        args = (model_path, mmproj, n_ctx, plan, n_threads, progress, layout, profile)
         try:
             self._exec.submit(self._init, *args).result()
         except BaseException:
@@ -135,23 +139,20 @@ class LlamaEngine:
         n_threads: int | None,
         progress: Callable[[float], bool] | None,
         layout: str,
+        profile: ModelProfile | None,
     ) -> None:
         from . import llamalog
-        from .loader import load_model, model_params
+        from .loader import context_params, load_model, model_params
         from .modelprofile import from_gguf
 
         llamalog.capture()
-        profile = from_gguf(Path(model_path))
+        profile = profile or from_gguf(Path(model_path))
         self._lp = model_params(plan, progress=progress)
         self.model = load_model(Path(model_path), self._lp)
         self.vocab = llama_cpp.llama_model_get_vocab(self.model)
-        cp = llama_cpp.llama_context_default_params()
-        cp.n_ctx = n_ctx
-        cp.n_batch = self.n_batch = 512
-        cp.n_ubatch = 512
-        cp.n_seq_max = 1
         threads = n_threads or psutil.cpu_count(logical=False) or os.cpu_count() or 1
-        cp.n_threads = cp.n_threads_batch = threads
+        cp = context_params(n_ctx, threads=threads)
+        self.n_batch = cp.n_batch
         self.ctx = llama_cpp.llama_init_from_model(self.model, cp)
         if not self.ctx:
             raise EngineError(f"llama.cpp could not create a {n_ctx}-token context (out of memory?)")

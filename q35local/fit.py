@@ -14,13 +14,12 @@ from rich.table import Table
 from quantize.errors import InputError
 
 from .hardware import PROFILES, GiB, Hardware, resolve_hardware
-from .modelprofile import ModelProfile, from_checkpoint, from_gguf
+from .modelprofile import ModelProfile, default_mmproj, from_checkpoint, from_gguf
 from .official import OFFICIAL, lookup, official_profiles
-from .planner import Plan, Settings, plan
+from .planner import Plan, Settings, plan, ram_need
 from .speed import Estimate, estimate
 
-PRESETS_BEST = ["Q8_0", "Q6_K_XL", "Q5_K_XL", "Q4_K_XL", "Q3_K_XL", "Q2_K_XL"]
-LADDER = ["Q8_0", "Q6_K_XL", "Q5_K_XL", "Q4_K_XL", "Q3_K_XL", "Q2_K_XL"]
+LADDER = ["Q8_0", "Q6_K_XL", "Q5_K_XL", "Q4_K_XL", "Q3_K_XL", "Q2_K_XL"]  # --best and "a lower preset"
 
 
 def add_fit_parser(sub: argparse._SubParsersAction) -> None:
@@ -63,10 +62,7 @@ def load_profile(model: str, quant: str | None, mmproj: Path | None = None) -> M
     if path.suffix == ".gguf" or path.exists():
         if quant:
             raise InputError(path, "--quant is for checkpoints and official names; a GGUF has its own")
-        if mmproj is None:
-            guess = path.with_name(path.name.removesuffix(".gguf") + ".mmproj.gguf")
-            mmproj = guess if guess.is_file() else None
-        return from_gguf(path, mmproj)
+        return from_gguf(path, mmproj or default_mmproj(path))
     if lookup(model) is not None:
         q = quant or "Q4_K_XL"
         return official_profiles(model, [q])[q]
@@ -120,12 +116,9 @@ def suggestions(m: ModelProfile, hw: Hardware, s: Settings, p: Plan) -> list[str
     elif deficit:
         out.append(f"a smaller quantization: about {max(0, m.file_bytes - deficit) / 1e9:.1f} GB or less")
     # more RAM
-    host = p.devices[-1]
-    ram_need = (
-        host.planned_bytes + s.margin + (sum(d.planned_bytes for d in p.devices[:-1]) if hw.unified else 0)
-    )
-    if ram_need > hw.usable_ram():
-        more = -(-(ram_need - hw.usable_ram()) // GiB)
+    need = ram_need(p, hw)
+    if need > hw.usable_ram():
+        more = -(-(need - hw.usable_ram()) // GiB)
         out.append(f"more RAM: {more} GiB more than is available now")
     return out
 
@@ -305,7 +298,7 @@ def best(hw: Hardware, s: Settings) -> list[dict]:
     large MoE above a 4-8-bit smaller sibling only from about 3 bits on), then more bits."""
     rows = []
     for name in OFFICIAL:
-        for q, prof in official_profiles(name, PRESETS_BEST).items():
+        for q, prof in official_profiles(name, LADDER).items():
             pl = plan(prof, hw, s)
             if not pl.fits:
                 continue

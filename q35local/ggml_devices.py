@@ -78,7 +78,3 @@ def buffer_type(device: str) -> int:
             if buft:
                 return buft
     raise ValueError(f"llama.cpp has no device {device!r} (it has {', '.join(d.name for d in devices())})")
-
-
-def buffer_type_name(buft: int) -> str:
-    return _lib().ggml_backend_buft_name(buft).decode()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import tomllib
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -71,9 +71,6 @@ class Hardware:
         if self.ram_available is not None:
             return self.ram_available
         return self.ram_total - max(4 * GiB, self.ram_total // 10)
-
-    def to_json(self) -> dict:
-        return asdict(self)
 
     def with_(self, **changes: object) -> Hardware:
         return replace(self, **changes)

@@ -86,3 +86,14 @@ def load_model(path: Path, lp: LoadParams) -> int:
     if not model:
         raise InputError(path, "llama.cpp could not load this model (corrupt, truncated or not Qwen 3.5)")
     return model
+
+
+def context_params(
+    n_ctx: int, *, n_ubatch: int = 512, n_seq: int = 1, threads: int | None = None
+) -> llama_cpp.llama_context_params:
+    """The context every q35 load uses (the planner's compute-buffer model assumes these batches)."""
+    cp = llama_cpp.llama_context_default_params()
+    cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max = n_ctx, 512, n_ubatch, n_seq
+    if threads:
+        cp.n_threads = cp.n_threads_batch = threads
+    return cp

@@ -12,9 +12,12 @@ layers; DeltaNet layers keep a recurrent state per sequence, always f32: conv (d
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from gguf import GGMLQuantizationType
 
 from quantize.errors import InputError
 from quantize.ggml import tensor_bytes
@@ -235,11 +238,13 @@ def from_tensors(
     )
 
 
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
+def default_mmproj(model: Path) -> Path | None:
+    """MODEL.mmproj.gguf (what `q35 quantize` writes) or the one mmproj*.gguf beside the model."""
+    guess = model.with_name(model.name.removesuffix(".gguf") + ".mmproj.gguf")
+    if guess.is_file():
+        return guess
+    others = sorted(model.parent.glob("mmproj*.gguf"))
+    return others[0] if len(others) == 1 else None
 
 
 def from_gguf(path: Path, mmproj: Path | None = None) -> ModelProfile:
@@ -248,6 +253,7 @@ def from_gguf(path: Path, mmproj: Path | None = None) -> ModelProfile:
         raise InputError(path, "no such GGUF file" if not path.exists() else "not a file")
     kv: dict = {}
     tensors: list[tuple[str, int, int]] = []
+    type_bytes: dict[str, int] = {}  # names the quant when the file has no general.file_type
     file_bytes = 0
     for p in split_paths(path):
         try:
@@ -259,9 +265,11 @@ def from_gguf(path: Path, mmproj: Path | None = None) -> ModelProfile:
         if not kv:
             kv = dict(lay.kv)
         for name, shape, ttype, _off in lay.tensors:
-            tensors.append((name, tensor_bytes(ttype, shape), _numel(shape)))
+            nbytes = tensor_bytes(ttype, shape)
+            tensors.append((name, nbytes, math.prod(shape)))
+            tname = GGMLQuantizationType(ttype).name
+            type_bytes[tname] = type_bytes.get(tname, 0) + nbytes
         file_bytes += p.stat().st_size
-    type_bytes: dict[str, int] = {}
     mm = 0
     if mmproj is not None and mmproj.is_file():
         mm = mmproj.stat().st_size

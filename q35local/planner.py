@@ -62,7 +62,6 @@ class Plan:
     cpu_layers: list[int]  # layers entirely on the CPU
     settings: Settings
     reasons: list[str] = field(default_factory=list)  # why it does not fit, or warnings
-    unified: bool = False
 
     @property
     def overrides(self) -> list[tuple[str, str]]:
@@ -108,10 +107,20 @@ def compute_bytes(m: ModelProfile, s: Settings, with_output: bool) -> int:
     return act + (m.n_vocab * s.n_ubatch * 4 if with_output else 0)
 
 
-def host_fixed(m: ModelProfile, s: Settings) -> int:
-    """Host memory any load needs: the token embedding (llama.cpp keeps the input layer on the CPU)
-    and the logits output buffer (n_vocab f32 per sequence)."""
-    return m.token_embd + m.n_vocab * 4 * s.n_seq
+def output_buffer(m: ModelProfile, s: Settings) -> int:
+    """The host buffer llama.cpp copies the logits to: n_vocab f32 per sequence."""
+    return m.n_vocab * 4 * s.n_seq
+
+
+def device_limit(hw: Hardware, d: Device) -> int:
+    """What a GPU can hold: its free memory, and on unified memory no more than the RAM either."""
+    return min(d.usable_bytes, hw.usable_ram()) if hw.unified else d.usable_bytes
+
+
+def ram_need(p: Plan, hw: Hardware) -> int:
+    """RAM the plan takes with the margin: the host's share, plus the GPU's where memory is unified."""
+    gpus = sum(d.planned_bytes for d in p.devices[:-1]) if hw.unified else 0
+    return p.devices[-1].planned_bytes + p.settings.margin + gpus
 
 
 def _layer_fixed(m: ModelProfile, s: Settings, il: int) -> tuple[int, int, int]:
@@ -122,12 +131,8 @@ def _layer_fixed(m: ModelProfile, s: Settings, il: int) -> tuple[int, int, int]:
 
 
 def _gpu_capacity(hw: Hardware, d: Device, s: Settings) -> int:
-    cap = d.usable_bytes - s.margin
-    if d.kind == "cuda":
-        cap -= CUDA_OVERHEAD
-    if hw.unified:
-        cap = min(cap, hw.usable_ram() - s.margin)
-    return max(0, cap)
+    """Room for weights, cache and compute: the device's limit less the margin and CUDA's own use."""
+    return max(0, device_limit(hw, d) - s.margin - (CUDA_OVERHEAD if d.kind == "cuda" else 0))
 
 
 def plan(m: ModelProfile, hw: Hardware, s: Settings) -> Plan:
@@ -146,39 +151,28 @@ def plan(m: ModelProfile, hw: Hardware, s: Settings) -> Plan:
     return best
 
 
-def _host(hw: Hardware, s: Settings) -> DevicePlan:
-    usable = hw.usable_ram()
-    return DevicePlan("RAM", "cpu", hw.ram_total, usable)
+def _host(hw: Hardware) -> DevicePlan:
+    return DevicePlan("RAM", "cpu", hw.ram_total, hw.usable_ram())
 
 
 def _plan_cpu(m: ModelProfile, hw: Hardware, s: Settings) -> Plan:
-    host = _host(hw, s)
+    host = _host(hw)
     host.weights = m.weights
     host.kv = m.kv_bytes(s.n_ctx, s.n_seq, s.kv_type)
     host.recurrent = m.recurrent_bytes(s.n_seq)
-    host.compute = compute_bytes(m, s, True) + m.n_vocab * 4 * s.n_seq
+    host.compute = compute_bytes(m, s, True) + output_buffer(m, s)
     host.mmproj = m.mmproj_bytes if s.mmproj else 0
     host.layers = list(range(m.n_layer))
     host.expert_layers = [i for i in range(m.n_layer) if m.layers[i].experts]
-    need = host.planned_bytes + s.margin
-    fits = need <= host.usable_bytes
-    reasons = []
-    if not fits:
-        reasons.append(
+    p = Plan(True, "fits in RAM", [host], 0, [], [], list(range(m.n_layer)), s)
+    need = ram_need(p, hw)
+    if need > host.usable_bytes:
+        p.fits, p.verdict = False, "does not fit"
+        p.reasons.append(
             f"needs {need / GiB:.1f} GiB of RAM with the margin, {host.usable_bytes / GiB:.1f} GiB available"
             + (": mmap would page weights from disk on every token" if s.mmap else "")
         )
-    return Plan(
-        fits,
-        "fits in RAM" if fits else "does not fit",
-        [host],
-        0,
-        [],
-        [],
-        list(range(m.n_layer)),
-        s,
-        reasons,
-    )
+    return p
 
 
 def _split_layers(costs: list[int], caps: list[int], tail: int) -> list[list[int]] | None:
@@ -207,7 +201,7 @@ def _split_layers(costs: list[int], caps: list[int], tail: int) -> list[list[int
 
 def _plan_gpu(m: ModelProfile, hw: Hardware, s: Settings, n_cpu: int) -> Plan:
     gpus = list(hw.devices)
-    host = _host(hw, s)
+    host = _host(hw)
     caps = [_gpu_capacity(hw, d, s) for d in gpus]
     mm = m.mmproj_bytes if s.mmproj else 0
     caps[0] -= mm
@@ -260,39 +254,28 @@ def _plan_gpu(m: ModelProfile, hw: Hardware, s: Settings, n_cpu: int) -> Plan:
         host.recurrent += rs
     host.layers = list(range(n_cpu))
     host.expert_layers = list(range(n_cpu)) + cpu_experts
-    host.compute = m.n_vocab * 4 * s.n_seq + 3 * m.n_embd * s.n_ubatch * 4 * (2 if host.expert_layers else 1)
-    for k, dev in enumerate(devs):
-        limit = _gpu_capacity(hw, gpus[k], s) + s.margin
-        if dev.planned_bytes + s.margin > limit + (CUDA_OVERHEAD if dev.kind == "cuda" else 0):
+    host.compute = output_buffer(m, s) + 3 * m.n_embd * s.n_ubatch * 4 * (2 if host.expert_layers else 1)
+    for dev, gpu in zip(devs, gpus, strict=True):
+        limit = device_limit(hw, gpu)
+        if dev.planned_bytes + s.margin > limit:
             fits = False
             reasons.append(f"{dev.name}: needs {dev.planned_bytes / GiB:.1f} GiB, has {limit / GiB:.1f} GiB")
-    host_need = host.planned_bytes + s.margin
-    ram_need = host_need + (sum(d.planned_bytes for d in devs) if hw.unified else 0)
-    if ram_need > hw.usable_ram():
-        fits = False
-        what = "RAM (shared with the GPU)" if hw.unified else "RAM"
-        reasons.append(f"{what}: needs {ram_need / GiB:.1f} GiB, {hw.usable_ram() / GiB:.1f} GiB available")
-    if not fits and not reasons:
-        reasons.append("the layers that must sit on the GPU do not fit in its memory")
     n_gpu_layers = len(gpu_layers) + 1  # + the output layer
     counts = [float(len(d.layers)) for d in devs]
     counts[-1] += 1  # the output layer is the last "layer" of the split
     split = counts if len(devs) > 1 else []
-    if n_cpu == 0 and all_on_gpu and fits:
-        verdict = "fits on GPU"
-    elif n_cpu == 0:
-        verdict = "fits with experts in RAM" if fits else "does not fit"
+    p = Plan(fits, "", [*devs, host], n_gpu_layers, split, cpu_experts, list(range(n_cpu)), s, reasons)
+    need = ram_need(p, hw)
+    if need > hw.usable_ram():
+        p.fits = False
+        what = "RAM (shared with the GPU)" if hw.unified else "RAM"
+        reasons.append(f"{what}: needs {need / GiB:.1f} GiB, {hw.usable_ram() / GiB:.1f} GiB available")
+    if not p.fits and not reasons:
+        reasons.append("the layers that must sit on the GPU do not fit in its memory")
+    if not p.fits:
+        p.verdict = "does not fit"
+    elif n_cpu:
+        p.verdict = "fits with layers on CPU"
     else:
-        verdict = "fits with layers on CPU" if fits else "does not fit"
-    return Plan(
-        fits,
-        verdict,
-        [*devs, host],
-        n_gpu_layers,
-        split,
-        cpu_experts,
-        list(range(n_cpu)),
-        s,
-        reasons,
-        hw.unified,
-    )
+        p.verdict = "fits on GPU" if all_on_gpu else "fits with experts in RAM"
+    return p

@@ -21,7 +21,6 @@ import psutil
 from .hardware import (
     Cpu,
     Device,
-    GiB,
     Hardware,
     apple_bandwidth,
     metal_default_cap,
@@ -259,31 +258,3 @@ def calibration_path() -> Path:
     from quantize.synth.tokenizer import cache_dir
 
     return cache_dir() / "calibration.json"
-
-
-def measure_ram_bandwidth(nbytes: int = 512 * MiB, repeats: int = 3) -> float:
-    """GB/s of a large read (numpy sum over a buffer bigger than the caches); single process, so a
-    lower bound on what llama.cpp's threads reach."""
-    import numpy as np
-
-    a = np.ones(nbytes // 8, dtype=np.float64)
-    best = 0.0
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a.sum()
-        best = max(best, a.nbytes / (time.perf_counter() - t0) / 1e9)
-    return best
-
-
-def _gib(n: int | None) -> str:
-    return "unknown" if n is None else f"{n / GiB:.1f} GiB"
-
-
-def describe(hw: Hardware) -> str:
-    """One line per fact, for `q35 fit --hardware auto` verbose output."""
-    lines = [
-        f"CPU: {hw.cpu.model} ({hw.cpu.cores or '?'} cores; {' '.join(hw.cpu.flags) or 'flags unknown'})"
-    ]
-    lines.append(f"RAM: {_gib(hw.ram_total)} total, {_gib(hw.ram_available)} available")
-    lines += [f"{d.kind.upper()} {d.index}: {d.name}, {_gib(d.total_bytes)}" for d in hw.devices]
-    return "\n".join(lines)

@@ -30,7 +30,8 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
 
 def run_run(args: argparse.Namespace) -> int:
     from .chat import AnswerDelta, ChatSession, Done, Error, ThinkingDelta
-    from .runtime import default_mmproj, open_engine, template_for
+    from .modelprofile import default_mmproj
+    from .runtime import open_engine, template_for
 
     mmproj = args.mmproj or default_mmproj(args.model)
     engine = open_engine(args.model, mmproj, args.ctx, threads=args.threads)

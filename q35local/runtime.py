@@ -13,19 +13,10 @@ from quantize.errors import InputError
 
 from .engine import LlamaEngine
 from .hardware import resolve_hardware
-from .modelprofile import from_gguf
+from .modelprofile import ModelProfile, from_gguf
 from .planner import Plan, Settings, plan
 from .probe import probe
 from .template import ChatTemplate
-
-
-def default_mmproj(model: Path) -> Path | None:
-    """MODEL.mmproj.gguf (what `q35 quantize` writes) or mmproj*.gguf beside the model."""
-    guess = model.with_name(model.name.removesuffix(".gguf") + ".mmproj.gguf")
-    if guess.is_file():
-        return guess
-    others = sorted(model.parent.glob("mmproj*.gguf"))
-    return others[0] if len(others) == 1 else None
 
 
 def layout_line(p: Plan) -> str:
@@ -39,10 +30,9 @@ def layout_line(p: Plan) -> str:
     return where
 
 
-def plan_for(model: Path, mmproj: Path | None, n_ctx: int) -> Plan:
+def plan_for(profile: ModelProfile, model: Path, mmproj: Path | None, n_ctx: int) -> Plan:
     """The layout for this machine; Q35_HARDWARE (a profile name or a TOML/JSON file) plans for a
     described machine instead, e.g. to keep a share of a shared server free."""
-    profile = from_gguf(model, mmproj)
     spec = os.environ.get("Q35_HARDWARE")
     hw = resolve_hardware(spec) if spec else probe()
     p = plan(profile, hw, Settings(n_ctx=n_ctx, mmproj=mmproj is not None))
@@ -65,9 +55,17 @@ def open_engine(
 ) -> LlamaEngine:
     if mmproj is not None and not mmproj.is_file():
         raise InputError(mmproj, "no such mmproj file")
-    p = plan_for(model, mmproj, n_ctx)
+    profile = from_gguf(model, mmproj)
+    p = plan_for(profile, model, mmproj, n_ctx)
     return LlamaEngine(
-        model, mmproj=mmproj, n_ctx=n_ctx, plan=p, progress=progress, layout=layout_line(p), n_threads=threads
+        model,
+        mmproj=mmproj,
+        n_ctx=n_ctx,
+        plan=p,
+        progress=progress,
+        layout=layout_line(p),
+        n_threads=threads,
+        profile=profile,
     )
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from .hardware import Hardware
 from .modelprofile import ModelProfile
-from .planner import Plan
+from .planner import Plan, ram_need
 
 ETA = {"cuda": 0.75, "metal": 0.70}  # share of spec bandwidth a decode reaches (fit.md 3.7)
 ETA_CPU = 0.6  # of theoretical DDR bandwidth
@@ -95,8 +95,7 @@ def estimate(m: ModelProfile, hw: Hardware, p: Plan, factors: dict[str, float] |
     notes.append(f"fixed per-token work {fixed_ms:.1f} ms ({m.n_layer} layers)")
     if not hw.devices and not p.fits:
         # mmap pages in what RAM cannot hold, again on every token for the experts it touches
-        host = p.devices[-1]
-        missing = max(0, host.planned_bytes + p.settings.margin - hw.usable_ram())
+        missing = max(0, ram_need(p, hw) - hw.usable_ram())
         paged = m.active_bytes() * min(1.0, missing / max(1, m.weights))
         disk = hw.disk_read_gbs or DISK_GBS
         t += paged / (disk * 1e9)

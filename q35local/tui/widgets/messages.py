@@ -33,6 +33,7 @@ class MessageView(Vertical):
     so a mouse selection is never overwritten)."""
 
     def copy_text(self) -> str:
+        """What a click copies; each kind of entry says (this base class is never shown itself)."""
         raise NotImplementedError
 
     def on_click(self, event: events.Click) -> None:
