@@ -360,6 +360,11 @@ def run_fit(args: argparse.Namespace) -> int:
         from .calibrate import load_factors
 
         factors = load_factors(hw) if args.hardware == "auto" else None
+    if not p.fits and not hw.devices and args.hardware == "auto" and local is not None and local.is_file():
+        # paging from disk is the question now: measure the disk the model lies on
+        from .probe import disk_read_speed
+
+        hw = hw.with_(disk_read_gbs=disk_read_speed(local))
     e = estimate(m, hw, p, factors)
     sugg = suggestions(m, hw, s, p)
     if args.json:
