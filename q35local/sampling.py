@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -18,9 +18,6 @@ class Sampling:
 
     def with_(self, **changes: object) -> Sampling:
         return replace(self, **changes)
-
-    def as_dict(self) -> dict[str, object]:
-        return asdict(self)
 
 
 # Qwen's model card: thinking mode T=0.6, top-p 0.95, top-k 20; non-thinking T=0.7, top-p 0.8,
