@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import struct
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from quantize.synth import config_json, shard_groups
 from quantize.synth.tokenizer import cached_tokenizer_json
 
 ROOT = Path(__file__).resolve().parent.parent
+RUNS = 5
 # the official 397B-A17B config (q35local.official), text only, in ~5 GB shards as published
 SPEC = replace(
     OFFICIAL["Qwen3.5-397B-A17B"], vision=None, name="Qwen3.5-397B-A17B-shape", shard_bytes=5 * 10**9
@@ -66,12 +68,16 @@ def main() -> int:
         "--dry-run",
     ]
     for quant in ("Q4_K_XL", "Q8_0"):
-        t = time.perf_counter()
-        r = subprocess.run([*cmd, "--quant", quant, "--json"], capture_output=True, text=True, check=True)
+        times = []
+        for _ in range(RUNS):  # this machine's timing noise is large: report the best and the median
+            t = time.perf_counter()
+            r = subprocess.run([*cmd, "--quant", quant, "--json"], capture_output=True, text=True, check=True)
+            times.append(time.perf_counter() - t)
         d = json.loads(r.stdout)
         print(
             f"{quant}: {d['output_bytes'] / 1e9:.1f} GB planned, {d['params'] / 1e9:.1f}B parameters, "
-            f"{len(list(ckpt.glob('*.safetensors')))} shards; whole command {time.perf_counter() - t:.2f} s"
+            f"{len(list(ckpt.glob('*.safetensors')))} shards; whole command best {min(times):.2f} s, "
+            f"median {statistics.median(times):.2f} s of {RUNS}"
         )
     return 0
 

@@ -3,39 +3,45 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 from quantize.errors import InputError
 
 from . import __version__
 
+# command -> (module, function adding its subparser), in the order `q35 --help` lists them. Only
+# the module of the command being run is imported: a `q35 quantize --dry-run` need not load the
+# planner, the chat app or llama.cpp's bindings.
+COMMANDS = {
+    "quantize": ("quantize.cli", "add_quantize_parser"),
+    "fit": ("q35local.fit", "add_fit_parser"),
+    "chat": ("q35local.chat_cli", "add_chat_parser"),
+    "run": ("q35local.run", "add_run_parser"),
+    "pull": ("q35local.pull", "add_pull_parser"),
+    "inspect": ("q35local.inspect", "add_inspect_parser"),
+    "kld": ("q35local.kld", "add_kld_parser"),
+    "make-tiny": ("quantize.cli", "add_make_tiny_parser"),
+}
 
-def build_parser() -> argparse.ArgumentParser:
-    from quantize.cli import add_make_tiny_parser, add_quantize_parser
 
-    from .chat_cli import add_chat_parser
-    from .fit import add_fit_parser
-    from .inspect import add_inspect_parser
-    from .kld import add_kld_parser
-    from .pull import add_pull_parser
-    from .run import add_run_parser
-
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser for `argv`: every command, or only the one argv names (help and errors for an
+    unknown command still list them all)."""
+    first = next((a for a in argv or [] if not a.startswith("-")), None)
+    names = [first] if first in COMMANDS else list(COMMANDS)
     p = argparse.ArgumentParser(prog="q35", description="Run Qwen 3.5 on your own machine.")
     p.add_argument("--version", action="version", version=f"q35 {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    add_quantize_parser(sub)
-    add_fit_parser(sub)
-    add_chat_parser(sub)
-    add_run_parser(sub)
-    add_pull_parser(sub)
-    add_inspect_parser(sub)
-    add_kld_parser(sub)
-    add_make_tiny_parser(sub)
+    for name in names:
+        module, add = COMMANDS[name]
+        getattr(importlib.import_module(module), add)(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except InputError as e:

@@ -83,20 +83,17 @@ def open_checkpoint(path: str | Path, hub: HubSource | None = None) -> Checkpoin
         raise InputError(ckpt, "not a folder" if ckpt.exists() else "no such checkpoint folder")
     config = load_config(ckpt)
     names = _shard_map(ckpt, allow_missing=hub is not None)
-    by_shard: dict[Path, list[str]] = {}
-    for name, shard in names.items():
-        by_shard.setdefault(shard, []).append(name)
     entries: dict[str, TensorEntry] = {}
-    for shard, listed in by_shard.items():
+    for shard in sorted(set(names.values())):
         remote = hub.header_opener(shard.name) if hub is not None and not shard.exists() else None
         if hub is not None and not shard.exists() and remote is None:
             raise InputError(shard, "shard is not in the HF cache and HF_HUB_OFFLINE is set")
         h = read_header(shard, *remote) if remote else read_header(shard)
-        absent = [n for n in listed if n not in h]
-        if absent:
-            raise InputError(shard, f"tensor {absent[0]!r} is listed in {INDEX} but not in this shard")
-        if len(h) != len(listed):  # tensors a shard holds that the index forgot are an error too
-            stray = sorted(set(h) - set(listed))
+        stray = [n for n in h if names.get(n) is not shard]  # one Path object per shard
+        if stray:  # tensors a shard holds that the index puts elsewhere or forgot are an error too
             raise InputError(shard, f"tensor {stray[0]!r} is in this shard but not in {INDEX}")
         entries.update(h)
+    if len(entries) != len(names):  # every shard's tensors are in the index: so some listed are absent
+        name = next(n for n in names if n not in entries)
+        raise InputError(names[name], f"tensor {name!r} is listed in {INDEX} but not in this shard")
     return Checkpoint(ckpt, config, entries, ShardSet(entries, hub.fetch if hub else None), hub)

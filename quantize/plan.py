@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import NamedTuple, overload
 
 import numpy as np
 from gguf import GGMLQuantizationType as T
@@ -60,12 +62,34 @@ FTYPES = {
 }
 
 
-@dataclass(frozen=True)
-class Part:
-    """Rows of one stored tensor (viewed as [rows, last dim]); rows=None means all, in order."""
+class Part(NamedTuple):
+    """Rows of one stored tensor (viewed as [rows, last dim]); rows=None means all, in order.
+    A named tuple: a 397B checkpoint plans ~94K of them (one per expert), and tuples build fast."""
 
     hf: str
     rows: np.ndarray | None = None
+
+
+class ExpertParts(Sequence[Part]):
+    """Each expert's whole stored tensor, in expert order, made into a Part when read: a 397B
+    checkpoint has ~94K of them, and the dry run needs only their names."""
+
+    __slots__ = ("names",)
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @overload
+    def __getitem__(self, i: int) -> Part: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[Part]: ...
+    def __getitem__(self, i: int | slice) -> Part | list[Part]:
+        if isinstance(i, slice):
+            return list(map(Part, self.names[i]))
+        return Part(self.names[i])
 
 
 @dataclass
@@ -73,7 +97,7 @@ class OutTensor:
     name: str
     shape: tuple[int, ...]  # GGUF order
     ggml_type: T
-    parts: list[Part]
+    parts: Sequence[Part]
     transform: Transform = field(default_factory=Transform)
     n_experts: int = 0  # >0 for stacked expert tensors: parts[i] is expert i
 
@@ -176,7 +200,7 @@ class _Planner:
         self,
         gguf: str,
         hf_shape: tuple[int, ...],
-        parts: list[Part],
+        parts: Sequence[Part],
         transforms: tuple[str, ...],
         n_experts: int = 0,
     ) -> None:
@@ -216,14 +240,16 @@ class _Planner:
             pre, post = hf.split("{e}")
             entries = self.ckpt.entries
             names = [f"{prefix}{pre}{e}{post}" for e in range(n)]
-            for name in names:
-                ent = entries.get(name)
-                if ent is None or ent.shape != want or ent.dtype not in FLOAT_DTYPES:
-                    expect_tensor(self.ckpt, name, want)  # raises, naming the problem
-                elif ent.dtype == "F8_E4M3":
+            found = list(map(entries.get, names))
+            kinds = {(e.shape, e.dtype) for e in found if e is not None}
+            if None in found or any(s != want or d not in FLOAT_DTYPES for s, d in kinds):
+                for name in names:
+                    expect_tensor(self.ckpt, name, want)  # raises, naming the first problem
+            if any(d == "F8_E4M3" for _, d in kinds):
+                for name in names:
                     self._check_scale(name)
             self.used.update(names)
-            self.add(gguf, want, [Part(name) for name in names], (), n_experts=n)
+            self.add(gguf, want, ExpertParts(names), (), n_experts=n)
             return
         # transformers 5's fused layout: expert e's rows sit at e * stride + offset
         ff, h = self.dims["moe_ff"], self.dims["hidden"]

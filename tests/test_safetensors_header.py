@@ -1,0 +1,131 @@
+"""Every rule of the safetensors header check, on small real files (the validation loop is tuned for
+the ~94K entries of a 397B checkpoint, so each rule gets its own case here)."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from quantize.checkpoint import open_checkpoint
+from quantize.errors import InputError
+from quantize.safetensors_io import read_header
+
+
+def _write(path: Path, header: dict, data_len: int) -> Path:
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + bytes(data_len))
+    return path
+
+
+def _good() -> dict:
+    return {
+        "__metadata__": {"format": "pt"},
+        "a": {"dtype": "BF16", "shape": [2, 4], "data_offsets": [0, 16]},
+        "b": {"dtype": "F32", "shape": [4], "data_offsets": [16, 32]},
+        "c": {"dtype": "BF16", "shape": [2, 4], "data_offsets": [32, 48]},  # a repeated shape
+        "empty": {"dtype": "F32", "shape": [0, 4], "data_offsets": [48, 48]},
+    }
+
+
+def test_good_header(tmp_path: Path) -> None:
+    entries = read_header(_write(tmp_path / "m.safetensors", _good(), 48))
+    assert list(entries) == ["a", "b", "c", "empty"]
+    start = entries["a"].begin
+    assert (entries["c"].shape, entries["c"].begin - start, entries["c"].nbytes) == ((2, 4), 32, 16)
+    assert entries["empty"].numel == 0
+
+
+def _set(name: str, key: str, value: object):
+    def edit(h: dict) -> None:
+        h[name][key] = value
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda h: h["a"].pop("dtype"), "malformed header entry"),
+        (_set("a", "shape", [2, "4"]), "malformed header entry"),
+        (_set("b", "shape", [4.5]), "malformed header entry"),
+        (_set("a", "shape", [-2, -4]), "negative dimension"),
+        (_set("a", "dtype", "Q4"), "unsupported dtype Q4"),
+        (_set("a", "data_offsets", [0.0, 16]), "malformed header entry"),
+        (_set("a", "data_offsets", [16, 0]), "run backwards"),
+        (_set("a", "data_offsets", [0, 12]), "header says 12 bytes but BF16[2, 4] needs 16"),
+        (_set("c", "data_offsets", [40, 56]), "truncated"),
+        (_set("c", "data_offsets", [24, 40]), "tensors 'b' and 'c' overlap"),
+        (lambda h: h.update(d=[1, 2]), "malformed header entry"),
+    ],
+)
+def test_bad_header(tmp_path: Path, edit, message: str) -> None:
+    header = _good()
+    edit(header)
+    path = _write(tmp_path / "m.safetensors", header, 48)
+    with pytest.raises(InputError) as e:
+        read_header(path)
+    assert e.value.path == str(path) and message in str(e.value)
+
+
+def test_not_json_and_too_long(tmp_path: Path) -> None:
+    p = tmp_path / "m.safetensors"
+    p.write_bytes(struct.pack("<Q", 5) + b"{nope")
+    with pytest.raises(InputError, match="not valid JSON"):
+        read_header(p)
+    p.write_bytes(struct.pack("<Q", 10**6) + b"{}")
+    with pytest.raises(InputError, match="exceeds the file size"):
+        read_header(p)
+
+
+def _two_shards(tmp_path: Path, index: dict[str, str]) -> Path:
+    from quantize.synth import config_json, spec_for
+
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    (ck / "config.json").write_text(json.dumps(config_json(spec_for("tiny-moe"))))
+    _write(ck / "s1.safetensors", {"x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, 8)
+    _write(ck / "s2.safetensors", {"y": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, 8)
+    (ck / "model.safetensors.index.json").write_text(json.dumps({"weight_map": index}))
+    return ck
+
+
+def test_index_and_shards_agree(tmp_path: Path) -> None:
+    ck = _two_shards(tmp_path, {"x": "s1.safetensors", "y": "s2.safetensors"})
+    c = open_checkpoint(ck)
+    assert np.array_equal(c.shards.raw("y"), np.zeros(2, np.float32))
+    c.close()
+
+
+@pytest.mark.parametrize(
+    ("index", "shard", "message"),
+    [
+        (
+            {"x": "s1.safetensors", "y": "s1.safetensors"},
+            "s1",
+            "'y' is listed in model.safetensors.index.json but not in this shard",
+        ),
+        (
+            {"x": "s1.safetensors", "y": "s1.safetensors", "w": "s2.safetensors"},
+            "s2",
+            "'y' is in this shard but not in",
+        ),
+        ({"x": "s1.safetensors"}, "s2", None),  # s2 is not listed, so never read: fine
+        (
+            {"x": "s1.safetensors", "y": "s2.safetensors", "z": "s2.safetensors"},
+            "s2",
+            "'z' is listed in model.safetensors.index.json but not in this shard",
+        ),
+    ],
+)
+def test_index_disagrees(tmp_path: Path, index: dict, shard: str, message: str | None) -> None:
+    ck = _two_shards(tmp_path, index)
+    if message is None:
+        open_checkpoint(ck).close()
+        return
+    with pytest.raises(InputError) as e:
+        open_checkpoint(ck)
+    assert e.value.path == str(ck / f"{shard}.safetensors") and message in str(e.value)
