@@ -9,8 +9,10 @@ from pathlib import Path
 
 from .config import Qwen35Config, load_config
 from .errors import InputError
+from .header_cache import HeaderCache
 from .hub import HubSource
 from .safetensors_io import ShardSet, TensorEntry, read_header
+from .synth.tokenizer import cache_dir
 
 INDEX = "model.safetensors.index.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -82,6 +84,17 @@ def open_checkpoint(path: str | Path, hub: HubSource | None = None) -> Checkpoin
     if not ckpt.is_dir():
         raise InputError(ckpt, "not a folder" if ckpt.exists() else "no such checkpoint folder")
     config = load_config(ckpt)
+    cache = HeaderCache(ckpt, cache_dir()) if hub is None else None  # Hub shards may come later
+    entries = cache.load() if cache else None
+    if entries is None:
+        entries = _read_headers(ckpt, hub)
+        if cache:
+            cache.save(entries)
+    return Checkpoint(ckpt, config, entries, ShardSet(entries, hub.fetch if hub else None), hub)
+
+
+def _read_headers(ckpt: Path, hub: HubSource | None) -> dict[str, TensorEntry]:
+    """Every shard's header, checked on its own and against the index."""
     names = _shard_map(ckpt, allow_missing=hub is not None)
     entries: dict[str, TensorEntry] = {}
     for shard in sorted(set(names.values())):
@@ -96,4 +109,4 @@ def open_checkpoint(path: str | Path, hub: HubSource | None = None) -> Checkpoin
     if len(entries) != len(names):  # every shard's tensors are in the index: so some listed are absent
         name = next(n for n in names if n not in entries)
         raise InputError(names[name], f"tensor {name!r} is listed in {INDEX} but not in this shard")
-    return Checkpoint(ckpt, config, entries, ShardSet(entries, hub.fetch if hub else None), hub)
+    return entries

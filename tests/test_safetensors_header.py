@@ -4,6 +4,7 @@ the ~94K entries of a 397B checkpoint, so each rule gets its own case here)."""
 from __future__ import annotations
 
 import json
+import os
 import struct
 from pathlib import Path
 
@@ -129,3 +130,64 @@ def test_index_disagrees(tmp_path: Path, index: dict, shard: str, message: str |
     with pytest.raises(InputError) as e:
         open_checkpoint(ck)
     assert e.value.path == str(ck / f"{shard}.safetensors") and message in str(e.value)
+
+
+def test_header_cache(tmp_path: Path, moe_ckpt: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second open reads the cached table; a changed, added or damaged file is read afresh."""
+    import shutil
+
+    from quantize import header_cache
+
+    monkeypatch.setenv("Q35_CACHE", str(tmp_path / "cache"))
+    ck = tmp_path / "ck"
+    shutil.copytree(moe_ckpt, ck)
+    fresh = open_checkpoint(ck)
+    fresh.close()
+    cache = header_cache.HeaderCache(ck, tmp_path / "cache" / "q35local")
+    assert not cache.file.exists()  # files written just now are too young to trust
+    monkeypatch.setattr(header_cache, "RACY_S", 0.0)
+    open_checkpoint(ck).close()
+    assert cache.load() == fresh.entries
+
+    def read_from_disk(*a: object) -> object:
+        raise AssertionError("the headers were read, not the cache")
+
+    monkeypatch.setattr("quantize.checkpoint._read_headers", read_from_disk)
+    assert open_checkpoint(ck).entries == fresh.entries
+    monkeypatch.undo()
+    monkeypatch.setenv("Q35_CACHE", str(tmp_path / "cache"))
+
+    # a shard rewritten in place (same size): its identity changes, so its new header is checked
+    shard = sorted(ck.glob("model-*.safetensors"))[0]
+    raw = bytearray(shard.read_bytes())
+    (n,) = struct.unpack_from("<Q", raw)
+    header = json.loads(raw[8 : 8 + n])
+    name = next(k for k in header if k != "__metadata__")
+    header[name]["dtype"] = "Q4"
+    new = json.dumps(header, separators=(",", ":")).encode()
+    assert len(new) <= n
+    raw[8 : 8 + n] = new + b" " * (n - len(new))
+    st = shard.stat()
+    shard.write_bytes(bytes(raw))
+    os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a clock tick later
+    assert cache.load() is None
+    with pytest.raises(InputError, match="unsupported dtype Q4"):
+        open_checkpoint(ck)
+
+    # a damaged cache file is ignored
+    cache.file.write_bytes(b"\x00garbage")
+    assert cache.load() is None
+
+
+def test_header_cache_sees_new_shards(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from quantize import header_cache
+
+    monkeypatch.setattr(header_cache, "RACY_S", 0.0)
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    _write(ck / "a.safetensors", _good(), 48)
+    cache = header_cache.HeaderCache(ck, tmp_path / "cache")
+    cache.save(read_header(ck / "a.safetensors"))
+    assert cache.load() is not None
+    _write(ck / "b.safetensors", _good(), 48)
+    assert cache.load() is None  # two shards and no index: the folder must be read (and refused)
