@@ -51,6 +51,7 @@ class Rule:
     why: str = ""
     layers: tuple[int, ...] | None = None  # only these main-stack layers (negative: from the end)
     optional: bool = False  # may match nothing (e.g. expert rules applied to a dense model)
+    models: str | None = None  # "moe" or "dense": the rule applies to that kind of model only
 
     def matches(self, name: str, n_layers: int) -> bool:
         if not self.pattern.search(name):
@@ -107,9 +108,12 @@ def load_recipe(path: Path) -> Recipe:
         layers = r.get("layers")
         if layers is not None and not (isinstance(layers, list) and all(isinstance(x, int) for x in layers)):
             raise InputError(path, f"{where}: 'layers' must be a list of layer numbers")
-        unknown = set(r) - {"match", "type", "why", "layers", "optional"}
+        unknown = set(r) - {"match", "type", "why", "layers", "optional", "models"}
         if unknown:
             raise InputError(path, f"{where}: unknown keys {sorted(unknown)}")
+        models = r.get("models")
+        if models not in (None, "moe", "dense"):
+            raise InputError(path, f'{where}: \'models\' must be "moe" or "dense", not {models!r}')
         rules.append(
             Rule(
                 pattern,
@@ -117,6 +121,7 @@ def load_recipe(path: Path) -> Recipe:
                 str(r.get("why", "")),
                 tuple(layers) if layers is not None else None,
                 bool(r.get("optional", False)),
+                models,
             )
         )
     ft = data.get("file_type", "")
@@ -162,7 +167,10 @@ class Assignment:
 
 def apply_recipe(tensors: list[OutTensor], recipe: Recipe, n_layers: int) -> Assignment:
     """Set each tensor's ggml type from the recipe (in place). Every rule must match something unless
-    it says optional; every quantizable tensor must match some rule."""
+    it says optional or is for the other kind of model (`models`); every quantizable tensor must
+    match some rule."""
+    kind = "moe" if any(t.n_experts for t in tensors) else "dense"
+    active = [rule.models in (None, kind) for rule in recipe.rules]
     used = [False] * len(recipe.rules)
     out = Assignment()
     where = recipe.source or Path(f"{recipe.name}.toml")
@@ -171,7 +179,7 @@ def apply_recipe(tensors: list[OutTensor], recipe: Recipe, n_layers: int) -> Ass
             t.ggml_type = T.F32
             continue
         for i, rule in enumerate(recipe.rules):
-            if rule.matches(t.name, n_layers):
+            if active[i] and rule.matches(t.name, n_layers):
                 used[i] = True
                 wanted = rule.type
                 break
@@ -181,7 +189,7 @@ def apply_recipe(tensors: list[OutTensor], recipe: Recipe, n_layers: int) -> Ass
         if t.ggml_type != wanted:
             out.fallbacks.append((t.name, wanted, t.ggml_type, t.shape[0]))
     for i, rule in enumerate(recipe.rules):
-        if not used[i] and not rule.optional:
+        if active[i] and not used[i] and not rule.optional:
             raise InputError(
                 where, f"rule {i + 1} ({rule.pattern.pattern!r} -> {rule.type.name}) matches no tensor"
             )

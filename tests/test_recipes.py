@@ -70,6 +70,7 @@ def test_user_recipe(small_moe_ckpt: Path, tmp_path: Path) -> None:
         (GOOD.replace("match = '.'", "match = 'attn'"), "no rule matches tensor"),
         (GOOD.replace("'ffn_.*_exps'", "'ffn_(('"), "bad regex"),
         (GOOD.replace('why = "experts low"', 'whyy = "typo"'), "unknown keys"),
+        (GOOD.replace('why = "experts low"', 'models = "sparse"'), "'models' must be"),
         ("name = 'x'", "at least one [[rule]]"),
         ("[[rule]\nmatch=", "cannot parse recipe"),
     ],
@@ -90,3 +91,34 @@ def test_shape_fallbacks_follow_llama_cpp() -> None:
     assert shape_fallback(T.Q5_K, 96) == T.Q5_1
     assert shape_fallback(T.Q6_K, 64) == T.Q8_0
     assert shape_fallback(T.Q6_K, 48) == T.F16
+
+
+def test_dense_models_get_their_own_rules(tmp_path: Path, capsys) -> None:
+    """On a dense model the XL presets' attention and DeltaNet input projections sit one step lower
+    (they are ~19% of a 27B's weights); attn_output and ssm_out keep the MoE presets' type."""
+    import json
+
+    from quantize.synth import spec_for, write_checkpoint
+
+    ckpt = write_checkpoint(
+        tmp_path / "dense", spec_for("small-moe", moe=False, intermediate_size=512, vision=None)
+    )
+    assert (
+        main(
+            [
+                "quantize",
+                str(ckpt),
+                "-o",
+                str(tmp_path / "d.gguf"),
+                "--quant",
+                "Q4_K_XL",
+                "--dry-run",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    types = {c["class"]: c["type"] for c in json.loads(capsys.readouterr().out)["classes"]}
+    assert types["attn_qkv"] == types["attn_gate"] == types["attn_q"] == "Q6_K"
+    assert types["attn_output"] == types["ssm_out"] == "Q8_0"
+    assert (types["ffn_gate"], types["ffn_up"], types["ffn_down"]) == ("Q4_K", "Q4_K", "Q5_K")
