@@ -5,6 +5,7 @@ experts, BF16) over sparse files of the true sizes, so it costs no disk; only he
 
 from __future__ import annotations
 
+import compileall
 import json
 import math
 import statistics
@@ -68,6 +69,10 @@ def main() -> int:
         "/tmp/q35-397b.gguf",
         "--dry-run",
     ]
+    # byte-compile our packages as a pip install does (an editable install under
+    # PYTHONDONTWRITEBYTECODE=1, as on this project's machine, would recompile them on every run)
+    for pkg in ("q35local", "quantize"):
+        compileall.compile_dir(ROOT / pkg, quiet=1)
     HeaderCache(ckpt, cache_dir()).file.unlink(missing_ok=True)
     t = time.perf_counter()
     subprocess.run([*cmd, "--quant", "Q4_K_XL", "--json"], capture_output=True, check=True)

@@ -55,7 +55,7 @@ class HeaderCache:
             names, shard, dtypes, shapes, begins, ends = data[4:]
             if not len(names) == len(shard) == len(dtypes) == len(shapes) == len(begins) == len(ends):
                 return None
-            rows = zip(names, dtypes, shapes, begins, ends, (paths[k] for k in shard), strict=True)
+            rows = zip(names, dtypes, shapes, begins, ends, map(paths.__getitem__, shard), strict=True)
             table = dict(zip(names, map(partial(tuple.__new__, TensorEntry), rows), strict=True))
         except (OSError, EOFError, ValueError, TypeError, IndexError):
             return None
