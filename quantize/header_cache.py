@@ -69,23 +69,16 @@ class HeaderCache:
             shards, idents = self._sources()
             if any(time.time_ns() - max(i[3], i[4]) < RACY_S * 1e9 for i in idents.values()):
                 return
-            paths = sorted({e.path for e in table.values()})
-            slot = {p: k for k, p in enumerate(paths)}
-            cols = [tuple(e[i] for e in table.values()) for i in range(5)]
-            shard = tuple(slot[e.path] for e in table.values())
-            names, dtypes, shapes, begins, ends = cols
-            data = (
-                VERSION,
-                shards,
-                idents,
-                [p.name for p in paths],
-                names,
-                shard,
-                dtypes,
-                shapes,
-                begins,
-                ends,
-            )
+            if not table:
+                return
+            # columns, and each entry's shard as a number; in C loops (the table has ~94K entries,
+            # and the entries of one shard share one Path object)
+            names, dtypes, shapes, begins, ends, path_col = zip(*table.values(), strict=True)
+            by_id = dict(zip(map(id, path_col), path_col, strict=True))
+            slot = {i: k for k, i in enumerate(by_id)}
+            shard = tuple(map(slot.__getitem__, map(id, path_col)))
+            paths = [p.name for p in by_id.values()]
+            data = (VERSION, shards, idents, paths, names, shard, dtypes, shapes, begins, ends)
             self.file.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.file.with_name(f".{self.file.name}.{os.getpid()}")
             tmp.write_bytes(marshal.dumps(data))
