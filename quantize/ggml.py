@@ -10,6 +10,7 @@ import ctypes
 import functools
 import importlib.util
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -75,13 +76,21 @@ def requires_imatrix(t: GGMLType) -> bool:
 def encode(
     rows: np.ndarray, t: GGMLType, imatrix: np.ndarray | None = None, pool: ThreadPoolExecutor | None = None
 ) -> np.ndarray:
-    """Encode float32 rows [n_rows, n_per_row] as type t; returns the raw bytes as uint8.
+    """Encode float32 rows [n_rows, n_per_row] as type t; returns the raw bytes as uint8."""
+    return encode_async(rows, t, imatrix, pool)()
 
-    With a pool, row blocks are quantized on its threads (ctypes drops the GIL during the call);
-    each row's bytes depend only on that row, so the result is the same for any thread count."""
+
+def encode_async(
+    rows: np.ndarray, t: GGMLType, imatrix: np.ndarray | None = None, pool: ThreadPoolExecutor | None = None
+) -> Callable[[], np.ndarray]:
+    """Start encoding float32 rows [n_rows, n_per_row] as type t on the pool's threads (ctypes drops
+    the GIL during the call); returns how to wait for the bytes. Each row's bytes depend only on that
+    row, so the result is the same for any thread count or split. A caller that keeps the next chunk
+    queued behind this one keeps every thread busy at the chunk's end."""
     x = np.ascontiguousarray(rows, dtype=np.float32)
     if t == GGMLType.F32:
-        return x.reshape(-1).view(np.uint8)
+        flat = x.reshape(-1).view(np.uint8)
+        return lambda: flat
     n_per_row = x.shape[-1]
     nrows = x.size // n_per_row
     out = np.empty(nrows * row_bytes(t, n_per_row), dtype=np.uint8)
@@ -99,12 +108,17 @@ def encode(
             int(t), x.ctypes.data, out.ctypes.data, r0 * n_per_row, r1 - r0, n_per_row, im
         )
 
-    workers = pool._max_workers if pool is not None else 1
-    if workers > 1 and nrows >= 2 * workers and x.size >= 1 << 16:
-        step = -(-nrows // workers)
-        written = sum(pool.map(lambda r0: run(r0, min(nrows, r0 + step)), range(0, nrows, step)))  # type: ignore[union-attr]
-    else:
+    def check(written: int) -> np.ndarray:
+        if written != out.size:
+            raise RuntimeError(f"ggml_quantize_chunk wrote {written} bytes, expected {out.size}")
+        return out
+
+    if pool is None:
         written = run(0, nrows)
-    if written != out.size:
-        raise RuntimeError(f"ggml_quantize_chunk wrote {written} bytes, expected {out.size}")
-    return out
+        return lambda: check(written)
+    workers = pool._max_workers
+    pieces = workers if nrows >= 2 * workers and x.size >= 1 << 16 else 1
+    step = -(-nrows // pieces)
+    futures = [pool.submit(run, r0, min(nrows, r0 + step)) for r0 in range(0, nrows, step)]
+    # x, out and imatrix stay referenced by run (and by check) until the futures are done
+    return lambda: check(sum(f.result() for f in futures))

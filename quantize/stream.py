@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,7 +18,7 @@ import numpy as np
 
 from .checkpoint import Checkpoint
 from .dtypes import fp8_block_dequant, to_f32
-from .ggml import encode
+from .ggml import encode_async
 from .plan import OutTensor
 from .tensor_map import apply_elementwise
 
@@ -90,11 +91,18 @@ def encoded_stream(
                 ckpt.done_with(path)
 
     def encoded() -> Iterator[tuple[int, np.ndarray]]:
+        pending: deque[tuple[int, Callable[[], np.ndarray]]] = deque()
         for k, pi, r in prefetch(rows(), 2):
             im = imatrices[k] if imatrices else None
             if im is not None:
                 im = im[pi if im.shape[0] > 1 else 0]
-            yield k, encode(r, tensors[k].ggml_type, im, pool)
+            pending.append((k, encode_async(r, tensors[k].ggml_type, im, pool)))
+            if len(pending) > 1:  # the next chunk waits in the pool: no thread idles at a chunk's end
+                k0, wait = pending.popleft()
+                yield k0, wait()
+        while pending:
+            k0, wait = pending.popleft()
+            yield k0, wait()
 
     yield from prefetch(encoded(), 2)
 
