@@ -246,8 +246,9 @@ class _Planner:
                 for name in names:
                     expect_tensor(self.ckpt, name, want)  # raises, naming the first problem
             if any(d == "F8_E4M3" for _, d in kinds):
-                for name in names:
-                    self._check_scale(name)
+                for name, e in zip(names, found, strict=True):
+                    if e.dtype == "F8_E4M3":
+                        self._check_scale(name)
             self.used.update(names)
             self.add(gguf, want, ExpertParts(names), (), n_experts=n)
             return

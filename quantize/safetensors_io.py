@@ -105,9 +105,9 @@ def _entries(path: Path, header: dict, data_start: int, size: int) -> dict[str, 
             dtype = info["dtype"]
             raw_shape = tuple(info["shape"])
             b, e = info["data_offsets"]
+            known = shapes.get(raw_shape)  # (a list inside the shape is unhashable: malformed too)
         except (KeyError, TypeError, ValueError):
             raise InputError(path, f"tensor {name!r} has a malformed header entry") from None
-        known = shapes.get(raw_shape)
         if known is None:  # (a later 3.0 equals a checked 3 and reads as 3: harmless)
             known = shapes[raw_shape] = _shape(path, name, raw_shape)
         shape, numel = known
