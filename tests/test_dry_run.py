@@ -57,3 +57,20 @@ def test_stock_mixtures_write_the_mmproj_in_f16(moe_ckpt: Path, tmp_path: Path) 
         return [(t.name, t.ggml_type) for t in r.mmproj.tensors]
 
     assert mm("Q4_K_M") == mm("F16")
+
+
+def test_dry_run_json_loads_only_what_it_needs(small_moe_ckpt: Path, tmp_path: Path) -> None:
+    """`q35 quantize --dry-run --json` imports neither the other commands nor rich nor llama.cpp's
+    bindings: on a 397B checkpoint their imports were a tenth of the whole command."""
+    import subprocess
+    import sys
+
+    argv = ["quantize", str(small_moe_ckpt), "-o", str(tmp_path / "x.gguf"), "--dry-run", "--json"]
+    code = (
+        f"import sys; from q35local.cli import main; main({argv!r}); "
+        "print(sorted(m for m in ('q35local.fit', 'q35local.planner', 'textual', 'rich', 'llama_cpp') "
+        "if m in sys.modules), file=sys.stderr)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(r.stdout)["output_bytes"] > 0
+    assert r.stderr.strip().splitlines()[-1] == "[]"
