@@ -15,6 +15,7 @@ import marshal
 import os
 import time
 from functools import partial
+from operator import itemgetter
 from pathlib import Path
 
 from .safetensors_io import TensorEntry
@@ -73,7 +74,10 @@ class HeaderCache:
                 return
             # columns, and each entry's shard as a number; in C loops (the table has ~94K entries,
             # and the entries of one shard share one Path object)
-            names, dtypes, shapes, begins, ends, path_col = zip(*table.values(), strict=True)
+            rows = table.values()
+            names, dtypes, shapes, begins, ends, path_col = (
+                tuple(map(itemgetter(i), rows)) for i in range(6)
+            )
             by_id = dict(zip(map(id, path_col), path_col, strict=True))
             slot = {i: k for k, i in enumerate(by_id)}
             shard = tuple(map(slot.__getitem__, map(id, path_col)))
