@@ -89,7 +89,43 @@ def main() -> int:
             f"{len(list(ckpt.glob('*.safetensors')))} shards; again (headers from the cache): "
             f"best {min(times):.2f} s, median {statistics.median(times):.2f} s of {RUNS}"
         )
+    print("phases (best of 3, in this process):")
+    breakdown(ckpt)
     return 0
+
+
+def breakdown(ckpt: Path) -> None:
+    """Where a first run's time goes, phase by phase in this process (best of 3 each)."""
+    from quantize.checkpoint import _read_headers, _shard_map, open_checkpoint
+    from quantize.convert import ConvertOptions, prepare
+
+    raws = []
+    for f in sorted(ckpt.glob("*.safetensors")):
+        with open(f, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            raws.append(fh.read(n))
+    cold = open_checkpoint(ckpt)
+    phases = {
+        "import (python -c 'import quantize.convert')": lambda: subprocess.run(
+            [sys.executable, "-c", "import quantize.convert"], check=True
+        ),
+        f"json.loads of the {len(raws)} headers ({sum(map(len, raws)) / 1e6:.1f} MB)": lambda: [
+            json.loads(r) for r in raws
+        ],
+        "index read and checked": lambda: _shard_map(ckpt),
+        "headers read and checked (with the index)": lambda: _read_headers(ckpt, None),
+        "table from the cache": lambda: HeaderCache(ckpt, cache_dir()).load(),
+        "planning (types, sizes, header)": lambda: prepare(
+            cold, ConvertOptions(ckpt, Path("/tmp/q35-397b.gguf"), quant="Q4_K_XL"), check_output=False
+        ),
+    }
+    for label, run in phases.items():
+        best = math.inf
+        for _ in range(3):
+            t = time.perf_counter()
+            run()
+            best = min(best, time.perf_counter() - t)
+        print(f"  {label}: {best:.3f} s")
 
 
 if __name__ == "__main__":
