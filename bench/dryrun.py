@@ -1,7 +1,10 @@
 """How long `q35 quantize --dry-run` takes on a 397B-A17B-shaped checkpoint.
 
 The checkpoint is header-only: real safetensors headers (every per-expert tensor of 60 layers x 512
-experts, BF16) over sparse files of the true sizes, so it costs no disk; only headers are read."""
+experts, BF16) over sparse files of the true sizes, so it costs no disk; only headers are read.
+
+`python -m bench.dryrun --sizes MODEL` instead prints what every preset and stock mixture plans for
+another official config (e.g. Qwen3.5-27B), from a header-only checkpoint made the same way."""
 
 from __future__ import annotations
 
@@ -18,20 +21,24 @@ from pathlib import Path
 
 from q35local.official import OFFICIAL
 from quantize.header_cache import HeaderCache
-from quantize.synth import config_json, shard_groups
+from quantize.synth import SynthSpec, config_json, shard_groups
 from quantize.synth.tokenizer import cache_dir, cached_tokenizer_json
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = 5
-# the official 397B-A17B config (q35local.official), text only, in ~5 GB shards as published
-SPEC = replace(
-    OFFICIAL["Qwen3.5-397B-A17B"], vision=None, name="Qwen3.5-397B-A17B-shape", shard_bytes=5 * 10**9
-)
 
 
-def write_header_only(out: Path) -> int:
+def spec(model: str) -> SynthSpec:
+    """An official config (q35local.official), text only, in ~5 GB shards as published."""
+    return replace(OFFICIAL[model], vision=None, name=f"{model}-shape", shard_bytes=5 * 10**9)
+
+
+SPEC = spec("Qwen3.5-397B-A17B")
+
+
+def write_header_only(out: Path, spec: SynthSpec = SPEC) -> int:
     out.mkdir(parents=True, exist_ok=True)
-    groups = shard_groups(SPEC)
+    groups = shard_groups(spec)
     weight_map = {}
     for k, group in enumerate(groups):
         fname = f"model-{k + 1:05d}-of-{len(groups):05d}.safetensors"
@@ -47,7 +54,7 @@ def write_header_only(out: Path) -> int:
             f.write(struct.pack("<Q", len(raw)) + raw)
             f.truncate(8 + len(raw) + off)  # sparse: no data blocks on disk
     (out / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
-    (out / "config.json").write_text(json.dumps(config_json(SPEC)))
+    (out / "config.json").write_text(json.dumps(config_json(spec)))
     (out / "tokenizer.json").write_bytes(cached_tokenizer_json().read_bytes())
     (out / "tokenizer_config.json").write_text(
         json.dumps({"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"})
@@ -55,7 +62,27 @@ def write_header_only(out: Path) -> int:
     return len(groups)
 
 
+def sizes(model: str) -> int:
+    """Planned file size of every preset and stock mixture for an official config."""
+    from quantize.scheme import choices
+
+    ckpt = ROOT / ".cache" / "bench" / f"header-only-{model}"
+    if not (ckpt / "config.json").exists():
+        write_header_only(ckpt, spec(model))
+    for quant in choices():
+        cmd = [sys.executable, "-m", "q35local.cli", "quantize", str(ckpt), "-o", "/tmp/q35-sizes.gguf"]
+        r = subprocess.run([*cmd, "--dry-run", "--json", "--quant", quant], capture_output=True, text=True)
+        if r.returncode:
+            print(f"{model} {quant}: {r.stderr.strip()}")
+            continue
+        d = json.loads(r.stdout)
+        print(f"{model} {quant}: {d['output_bytes'] / 1e9:.2f} GB, {d['bits_per_weight']:.2f} bits/weight")
+    return 0
+
+
 def main() -> int:
+    if sys.argv[1:2] == ["--sizes"]:
+        return sizes(sys.argv[2])
     ckpt = ROOT / ".cache" / "bench" / "header-only-397b"
     if not (ckpt / "config.json").exists():
         write_header_only(ckpt)
