@@ -22,7 +22,8 @@ from pathlib import Path
 from q35local.official import OFFICIAL
 from quantize.header_cache import HeaderCache
 from quantize.synth import SynthSpec, config_json, shard_groups
-from quantize.synth.tokenizer import cache_dir, cached_tokenizer_json
+from quantize.synth.tokenizer import cached_tokenizer_json
+from quantize.usercache import cache_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = 5

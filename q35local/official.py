@@ -92,7 +92,7 @@ def spec_params(spec: SynthSpec) -> int:
 def _tokenizer_dir() -> Path:
     """A folder with config-independent tokenizer files, made once per user (the real vocabulary)."""
     from quantize.synth import _write_tokenizer
-    from quantize.synth.tokenizer import cache_dir
+    from quantize.usercache import cache_dir
 
     d = cache_dir() / "official-tokenizer"
     if not (d / "tokenizer_config.json").exists():
@@ -136,7 +136,7 @@ def official_profiles(name: str, quants: list[str]) -> dict:  # -> dict[str, Mod
     from quantize.recipes import apply_recipe
     from quantize.scheme import resolve
     from quantize.stock import apply_stock
-    from quantize.synth.tokenizer import cache_dir
+    from quantize.usercache import cache_dir
 
     from .modelprofile import from_tensors
 

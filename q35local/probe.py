@@ -256,6 +256,6 @@ def probe(model_path: Path | None = None, disk_speed: bool = False) -> Hardware:
 
 
 def calibration_path() -> Path:
-    from quantize.synth.tokenizer import cache_dir
+    from quantize.usercache import cache_dir
 
     return cache_dir() / "calibration.json"

@@ -12,7 +12,7 @@ from .errors import InputError
 from .header_cache import HeaderCache
 from .hub import HubSource
 from .safetensors_io import ShardSet, TensorEntry, read_header
-from .synth.tokenizer import cache_dir
+from .usercache import cache_dir
 
 INDEX = "model.safetensors.index.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")

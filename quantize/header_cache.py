@@ -19,6 +19,7 @@ from operator import itemgetter
 from pathlib import Path
 
 from .safetensors_io import TensorEntry
+from .usercache import write_atomically
 
 VERSION = 1
 RACY_S = 2.0
@@ -83,10 +84,7 @@ class HeaderCache:
             shard = tuple(map(slot.__getitem__, map(id, path_col)))
             paths = [p.name for p in by_id.values()]
             data = (VERSION, shards, idents, paths, names, shard, dtypes, shapes, begins, ends)
-            self.file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.file.with_name(f".{self.file.name}.{os.getpid()}")
-            tmp.write_bytes(marshal.dumps(data))
-            os.replace(tmp, self.file)
+            write_atomically(self.file, marshal.dumps(data))
             files = sorted(self.file.parent.glob("*.marshal"), key=lambda p: p.stat().st_mtime, reverse=True)
             for old in files[KEEP:]:
                 old.unlink(missing_ok=True)

