@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,23 @@ PROMPT = (
     "What is 2+2? 日本語のテキスト, emoji 🙂 and code: def f(x): return x*2<|im_end|>\n"
     "<|im_start|>assistant\n<think>\n"
 )
+
+
+# A whole run peaks at about 4.3 GB of generated files under pytest's temp dir (measured by sampling
+# `du` through `make test`); passed tests' files are removed as they go (pyproject's retention policy).
+NEEDS_FREE = 5 * 2**30
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Stop at once, with the reason, rather than fail dozens of tests half-way with ENOSPC."""
+    root = Path(os.environ.get("PYTEST_DEBUG_TEMPROOT") or tempfile.gettempdir())
+    free = shutil.disk_usage(root).free
+    if free < NEEDS_FREE:
+        pytest.exit(
+            f"{root}: {free / 2**30:.1f} GiB free; the tests need about {NEEDS_FREE / 2**30:.0f} GiB "
+            "(set TMPDIR to a roomier disk)",
+            returncode=2,
+        )
 
 
 @pytest.fixture(scope="session")
