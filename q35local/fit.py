@@ -288,7 +288,7 @@ def print_report(
         console.print(f"llama.cpp:  {llama_server_flags(m, p, model_arg)}")
 
 
-def _size(n: int) -> str:
+def _size(n: int) -> str:  # one decimal in the tables and hints, where 3 digits would be noise
     return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
 
 

@@ -9,9 +9,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .convert import ConvertOptions, ConvertResult, convert, parse_size
+from .convert import ConvertOptions, ConvertResult, convert
 from .plan import OutTensor
 from .scheme import choices
+from .units import parse_size
 
 if TYPE_CHECKING:
     from rich.console import Console

@@ -40,6 +40,7 @@ from .scheme import resolve as resolve_scheme
 from .stock import apply_stock
 from .stream import encoded_stream
 from .target import choose
+from .units import format_size
 
 # progress(bytes written since last call, tensor finished?, tensor name)
 Progress = Callable[[int, bool, str], None]
@@ -92,18 +93,6 @@ class ConvertResult:
 def default_mmproj_path(out: Path) -> Path:
     stem = out.name[:-5] if out.name.endswith(".gguf") else out.name
     return out.with_name(f"{stem}.mmproj.gguf")
-
-
-def parse_size(s: str) -> int:
-    """'50G', '500M', '1.5T', '123' (bytes) -> bytes (decimal units, as llama.cpp's gguf-split)."""
-    units = {"K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
-    t = s.strip().upper().removesuffix("B")
-    try:
-        if t and t[-1] in units:
-            return int(float(t[:-1]) * units[t[-1]])
-        return int(t)
-    except ValueError:
-        raise ValueError(f"cannot read size {s!r} (use e.g. 50G or 500M)") from None
 
 
 def _model_name(ckpt: Checkpoint, override: str | None) -> str:
@@ -339,7 +328,7 @@ def prepare(ckpt: Checkpoint, opts: ConvertOptions, check_output: bool = True) -
         overhead = sum(len(s.header()[0]) for s in probe) + 32 * len(plan)  # headers + worst-case padding
         choice = choose(plan, budget, overhead, cfg.num_hidden_layers)
         notes += apply_recipe(plan, choice.recipe, cfg.num_hidden_layers).notes()
-        notes.append(f"target {budget / 1e9:.2f} GB: " + "; ".join(choice.moves))
+        notes.append(f"target {format_size(budget)}: " + "; ".join(choice.moves))
     importance, im_notes = importance_for(plan, load_imatrix(opts.imatrix) if opts.imatrix else None)
     notes += im_notes
     infos = [TensorInfo(t.name, t.shape, t.ggml_type) for t in plan]

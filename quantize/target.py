@@ -15,6 +15,7 @@ from gguf import GGMLQuantizationType as T
 from .errors import InputError
 from .plan import OutTensor
 from .recipes import Recipe, Rule, apply_recipe, load_preset, preset_names
+from .units import format_size
 
 # Least sensitive first (quantization.md: embeddings tolerate low bits; routed gate/up less than
 # down; the output head, shared expert, attention and above all ssm_out least of all).
@@ -90,8 +91,8 @@ def choose(plan: list[OutTensor], budget: int, overhead: int, n_layers: int) -> 
         if not moved:
             raise InputError(
                 None,
-                f"no recipe fits {budget / 1e9:.2f} GB: the smallest achievable file is "
-                f"{size() / 1e9:.2f} GB ({size():,} bytes)",
+                f"no recipe fits {format_size(budget)}: the smallest achievable file is "
+                f"{format_size(size())} ({size():,} bytes)",
             )
     improved = True
     while improved:  # up, most sensitive first, while it still fits

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from q35local.cli import main
+from quantize.units import format_size, parse_size
 
 
 def _dry(ckpt: Path, tmp_path: Path, capsys, *args: str) -> dict:
@@ -42,6 +44,20 @@ def test_impossible_target_names_the_smallest_size(small_moe_ckpt: Path, tmp_pat
     )
     err = capsys.readouterr().err.strip()
     assert "smallest achievable file is" in err and err.count("\n") == 0
+    # sizes read in the unit that suits them, not "0.01 GB"
+    assert "no recipe fits 10 MB" in err
+    assert re.search(r"smallest achievable file is [1-9][0-9.]* MB \([0-9,]+ bytes\)", err), err
+
+
+def test_sizes_read_and_print_in_decimal_units() -> None:
+    assert parse_size("240G") == 240_000_000_000 and parse_size("1.5T") == 1_500_000_000_000
+    assert parse_size("500MB") == 500_000_000 and parse_size("123") == 123
+    with pytest.raises(ValueError, match="cannot read size 'lots'"):
+        parse_size("lots")
+    assert format_size(247_700_000_000) == "248 GB"
+    assert format_size(29_114_080) == "29.1 MB"
+    assert format_size(1_000_000) == "1 MB"
+    assert format_size(512) == "512 B"
 
 
 @pytest.mark.parametrize("extra", [["--quant", "Q4_K_XL"]])

@@ -1,0 +1,24 @@
+"""Byte sizes as users type and read them (decimal units, as llama.cpp's gguf-split and disk vendors)."""
+
+from __future__ import annotations
+
+_UNITS = {"K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
+
+
+def parse_size(s: str) -> int:
+    """'50G', '500M', '1.5T', '123' (bytes) -> bytes."""
+    t = s.strip().upper().removesuffix("B")
+    try:
+        if t and t[-1] in _UNITS:
+            return int(float(t[:-1]) * _UNITS[t[-1]])
+        return int(t)
+    except ValueError:
+        raise ValueError(f"cannot read size {s!r} (use e.g. 50G or 500M)") from None
+
+
+def format_size(n: float) -> str:
+    """Three significant figures in the largest unit that keeps the number ≥ 1: 247 GB, 29.1 MB, 512 B."""
+    for unit in ("T", "G", "M", "K"):
+        if abs(n) >= _UNITS[unit]:
+            return f"{n / _UNITS[unit]:.3g} {unit}B"
+    return f"{n:.0f} B"
