@@ -17,8 +17,10 @@ def parse_size(s: str) -> int:
 
 
 def format_size(n: float) -> str:
-    """Three significant figures in the largest unit that keeps the number ≥ 1: 247 GB, 29.1 MB, 512 B."""
+    """Three significant figures in the largest unit that keeps the number ≥ 1: 247 GB, 29.1 MB, 512 B.
+    The unit is chosen after rounding, so 999,999 bytes reads 1 MB (not 1e+03 KB)."""
     for unit in ("T", "G", "M", "K"):
-        if abs(n) >= _UNITS[unit]:
-            return f"{n / _UNITS[unit]:.3g} {unit}B"
+        v = float(f"{n / _UNITS[unit]:.3g}")
+        if abs(v) >= 1:
+            return f"{v:g} {unit}B"
     return f"{n:.0f} B"

@@ -58,6 +58,8 @@ def test_sizes_read_and_print_in_decimal_units() -> None:
     assert format_size(29_114_080) == "29.1 MB"
     assert format_size(1_000_000) == "1 MB"
     assert format_size(512) == "512 B"
+    assert format_size(999_999) == "1 MB" and format_size(999_600_000_000) == "1 TB"  # rounded up a unit
+    assert format_size(999_499) == "999 KB" and format_size(1_499_999) == "1.5 MB"
 
 
 @pytest.mark.parametrize("extra", [["--quant", "Q4_K_XL"]])
