@@ -40,6 +40,10 @@ class HeaderCache:
         self.folder = folder
         key = hashlib.sha256(f"{VERSION}|{folder.resolve()}".encode()).hexdigest()[:32]
         self.file = cache_dir / "headers" / f"{key}.marshal"
+        # the sources as the last load() saw them, before the headers were read: a save after a miss
+        # keys the table by them (no second stat of every shard, and a file changed during the read
+        # no longer matches)
+        self._seen: tuple[list[str], dict[str, Identity]] | None = None
 
     def _sources(self) -> tuple[list[str], dict[str, Identity]]:
         """The folder's shard files, and the identity of each file the table is read from."""
@@ -49,9 +53,11 @@ class HeaderCache:
 
     def load(self) -> dict[str, TensorEntry] | None:
         """The table, if every file it came from is unchanged since it was cached."""
+        self._seen = None
         try:
+            self._seen = self._sources()
             data = marshal.loads(self.file.read_bytes())
-            if data[0] != VERSION or data[1:3] != self._sources():
+            if data[0] != VERSION or data[1:3] != self._seen:
                 return None
             paths = [self.folder / n for n in data[3]]
             names, shard, dtypes, shapes, begins, ends = data[4:]
@@ -68,7 +74,7 @@ class HeaderCache:
     def save(self, table: dict[str, TensorEntry]) -> None:
         """Cache a table just read and checked (not if a source file is too young to trust)."""
         with contextlib.suppress(OSError):
-            shards, idents = self._sources()
+            shards, idents = self._seen or self._sources()
             if any(time.time_ns() - max(i[3], i[4]) < RACY_S * 1e9 for i in idents.values()):
                 return
             if not table:

@@ -194,3 +194,24 @@ def test_header_cache_sees_new_shards(tmp_path: Path, monkeypatch: pytest.Monkey
     assert cache.load() is not None
     _write(ck / "b.safetensors", _good(), 48)
     assert cache.load() is None  # two shards and no index: the folder must be read (and refused)
+
+
+def test_header_cache_keys_a_table_by_the_files_as_they_were_before_the_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shard rewritten while its header was being read must not be cached under its new identity."""
+    from quantize import header_cache
+
+    monkeypatch.setattr(header_cache, "RACY_S", 0.0)
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    shard = _write(ck / "a.safetensors", _good(), 48)
+    cache = header_cache.HeaderCache(ck, tmp_path / "cache")
+    assert cache.load() is None  # a miss: the folder is read next
+    table = read_header(shard)
+    st = shard.stat()
+    os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns - 10**9))  # touched during the read
+    cache.save(table)
+    assert cache.load() is None
+    cache.save(table)  # this load saw the shard as it is now
+    assert cache.load() == table
