@@ -189,9 +189,10 @@ def disk_read_speed(path: Path, nbytes: int = 128 * MiB) -> float | None:
         return None
 
 
-def probe(model_path: Path | None = None, disk_speed: bool = False) -> Hardware:
-    """This machine. Sources that fail leave a note instead of a value. With `disk_speed`, also a cold
-    read of the model file (it drops 128 MiB of that file from the page cache, so only on request)."""
+def probe(model_path: Path | None = None) -> Hardware:
+    """This machine, and the free disk where the model lies. Sources that fail leave a note instead
+    of a value. The disk's read speed is not measured here: `disk_read_speed` drops 128 MiB of the
+    model from the page cache, so `q35 fit` calls it only when the model would page from disk."""
     notes: list[str] = []
     vm = psutil.virtual_memory()
     system = platform.system()
@@ -238,8 +239,6 @@ def probe(model_path: Path | None = None, disk_speed: bool = False) -> Hardware:
         try:
             du = shutil.disk_usage(model_path.parent if model_path.is_file() else model_path)
             hw = hw.with_(disk_free=du.free)
-            if disk_speed and model_path.is_file():
-                hw = hw.with_(disk_read_gbs=disk_read_speed(model_path))
         except OSError:
             notes.append("disk free space unknown")
     devs = llama_devices()
