@@ -99,16 +99,17 @@ def open_hub(repo_id: str, revision: str | None = None, delete_shards: bool = Fa
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    try:
-        snap = Path(snapshot_download(repo_id, revision=revision, allow_patterns=SMALL_FILES))
-    except LocalEntryNotFoundError:
-        raise InputError(
-            repo_id,
-            "no such checkpoint folder, and no such repo in the local HF cache (the Hub cannot be reached)",
-        ) from None
-    except HfHubHTTPError as e:
-        raise InputError(repo_id, f"no such checkpoint folder, and the Hub says: {e}") from None
-    except Exception as e:  # connection errors from the HTTP client
-        with hub_errors(repo_id):
-            raise e
+    # the argument may also have been meant as a folder, so the Hub's answers say that too; the
+    # connection errors of the HTTP client fall through to hub_errors
+    with hub_errors(repo_id):
+        try:
+            snap = Path(snapshot_download(repo_id, revision=revision, allow_patterns=SMALL_FILES))
+        except LocalEntryNotFoundError:
+            raise InputError(
+                repo_id,
+                "no such checkpoint folder, and no such repo in the local HF cache "
+                "(the Hub cannot be reached)",
+            ) from None
+        except HfHubHTTPError as e:
+            raise InputError(repo_id, f"no such checkpoint folder, and the Hub says: {e}") from None
     return HubSource(repo_id, revision, snap, delete_shards)

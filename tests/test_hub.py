@@ -85,3 +85,30 @@ def test_hub_failures_become_one_line_errors() -> None:
         raise LocalEntryNotFoundError("offline")
     with pytest.raises(InputError, match="bad shard"), hub_errors("org/repo"):
         raise InputError("x", "bad shard")  # ours pass through unchanged
+
+
+def test_open_hub_names_the_repo_for_every_failure(monkeypatch) -> None:
+    import huggingface_hub
+    import pytest
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from quantize.errors import InputError
+    from quantize.hub import open_hub
+
+    class ConnectError(Exception):
+        pass
+
+    for exc, want in [
+        (
+            LocalEntryNotFoundError("x"),
+            r"^org/repo: no such checkpoint folder, and no such repo in the local",
+        ),
+        (ConnectError("refused"), r"^org/repo: could not reach the Hub \(ConnectError: refused\)"),
+    ]:
+
+        def fail(*a: object, exc: Exception = exc, **k: object) -> None:
+            raise exc
+
+        monkeypatch.setattr(huggingface_hub, "snapshot_download", fail)
+        with pytest.raises(InputError, match=want):
+            open_hub("org/repo")
