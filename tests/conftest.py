@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from q35local.hardware import GiB
 from quantize.convert import ConvertOptions, convert
 from quantize.synth import spec_for, write_checkpoint
 
@@ -25,7 +26,7 @@ PROMPT = (
 
 # A whole run peaks at about 4.3 GB of generated files under pytest's temp dir (measured by sampling
 # `du` through `make test`); passed tests' files are removed as they go (pyproject's retention policy).
-NEEDS_FREE = 5 * 2**30
+NEEDS_FREE = 5 * GiB
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -34,7 +35,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     free = shutil.disk_usage(root).free
     if free < NEEDS_FREE:
         pytest.exit(
-            f"{root}: {free / 2**30:.1f} GiB free; the tests need about {NEEDS_FREE / 2**30:.0f} GiB "
+            f"{root}: {free / GiB:.1f} GiB free; the tests need about {NEEDS_FREE / GiB:.0f} GiB "
             "(set TMPDIR to a roomier disk)",
             returncode=2,
         )
