@@ -117,13 +117,15 @@ class LlamaEngine:
         progress: Callable[[float], bool] | None = None,
         layout: str = "CPU only",
         profile: ModelProfile | None = None,
+        extra_bufts: bool | None = None,
     ) -> None:
         """`profile` is the model's header as the caller already read it (for planning); without
-        one, the engine reads it."""
+        one, the engine reads it. `extra_bufts` forces llama.cpp's repacked/AMX weight buffers on or
+        off (the setup self-test forces them on); None lets the loader decide by the build."""
         self._exec: ThreadPoolExecutor | None = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
         self.model = self.ctx = None
         self.vision: Vision | None = None
-        args = (model_path, mmproj, n_ctx, plan, n_threads, progress, layout, profile)
+        args = (model_path, mmproj, n_ctx, plan, n_threads, progress, layout, profile, extra_bufts)
         try:
             self._exec.submit(self._init, *args).result()
         except BaseException:
@@ -140,6 +142,7 @@ class LlamaEngine:
         progress: Callable[[float], bool] | None,
         layout: str,
         profile: ModelProfile | None,
+        extra_bufts: bool | None,
     ) -> None:
         from . import llamalog
         from .loader import context_params, load_model, model_params
@@ -147,7 +150,7 @@ class LlamaEngine:
 
         llamalog.capture()
         profile = profile or from_gguf(Path(model_path))
-        self._lp = model_params(plan, progress=progress)
+        self._lp = model_params(plan, progress=progress, extra_bufts=extra_bufts)
         self.model = load_model(Path(model_path), self._lp)
         self.vocab = llama_cpp.llama_model_get_vocab(self.model)
         threads = n_threads or psutil.cpu_count(logical=False) or os.cpu_count() or 1

@@ -8,13 +8,14 @@ import argparse
 import json
 import sys
 from dataclasses import asdict, dataclass
+from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
 
 from quantize.errors import InputError
 
-DEFAULT_TEXT = Path(__file__).resolve().parent.parent / "assets" / "kld-text.txt"
+DEFAULT_TEXT = Path(str(files("q35local.assets"))) / "kld-text.txt"
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ in RAM, so the model is loaded through the low-level API with our own NULL-termi
 from __future__ import annotations
 
 import ctypes
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,8 +40,12 @@ def model_params(
     progress: Callable[[float], bool] | None = None,
     no_alloc: bool = False,
     use_mmap: bool = True,
+    extra_bufts: bool | None = None,
 ) -> LoadParams:
+    """`extra_bufts`: llama.cpp's repacked/AMX weight buffers; None decides by the build
+    (`extra_bufts_allowed`)."""
     mp = llama_cpp.llama_model_default_params()
+    mp.use_extra_bufts = extra_bufts_allowed() if extra_bufts is None else extra_bufts
     keep: list[object] = []
     gpus = [d for d in (plan.devices if plan else []) if d.kind != "cpu"]
     mp.n_gpu_layers = plan.n_gpu_layers if gpus else 0
@@ -73,6 +78,15 @@ def model_params(
         mp.progress_callback = cb
         keep.append(cb)
     return LoadParams(mp, keep)
+
+
+@functools.cache
+def extra_bufts_allowed() -> bool:
+    """False only for a build with AMX compiled in that make setup's self-test has not cleared."""
+    from .cpufeatures import extra_bufts_safe, installed_features
+    from .llamabuild import cpu_library, library_identity, read_record
+
+    return extra_bufts_safe(installed_features(), read_record(), library_identity(cpu_library()))
 
 
 def load_model(path: Path, lp: LoadParams) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import tomllib
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 
 from gguf import GGML_QUANT_SIZES
@@ -19,7 +20,7 @@ from gguf import GGMLQuantizationType as T
 from .errors import InputError
 from .plan import FTYPES, OutTensor, always_f32
 
-RECIPE_DIR = Path(__file__).resolve().parent.parent / "assets" / "recipes"
+RECIPE_DIR = Path(str(files("q35local.assets"))) / "recipes"
 
 
 def never_quantized(t: OutTensor) -> bool:
