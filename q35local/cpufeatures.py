@@ -123,8 +123,8 @@ def describe(check: BuildCheck, record: object | None) -> list[str]:
 
     lines = []
     if isinstance(record, BuildRecord):
-        test = (
-            f"self-test {record.selftest}" + (f" ({record.selftest_detail})" if record.selftest_detail else "")
+        test = f"self-test {record.selftest}" + (
+            f" ({record.selftest_detail})" if record.selftest_detail else ""
         )
         failed = "".join(f"; {f['config']} {f['why']}" for f in record.failed)
         lines.append(f"llama.cpp build: {record.config} ({record.choice}), {test}{failed}")

@@ -237,11 +237,8 @@ def build_wheel(cfg: BuildConfig, python: str = sys.executable) -> Path:
     sdist = sdist_dir / f"llama_cpp_python-{LLAMA_CPP_PYTHON}.tar.gz"
     if not sdist.exists():
         _say(f"downloading the llama-cpp-python {LLAMA_CPP_PYTHON} source")
-        subprocess.run(
-            [python, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:"]
-            + [f"llama-cpp-python=={LLAMA_CPP_PYTHON}", "-d", str(sdist_dir)],
-            check=True,
-        )
+        pip = [python, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:"]
+        subprocess.run([*pip, "-d", str(sdist_dir), f"llama-cpp-python=={LLAMA_CPP_PYTHON}"], check=True)
     env = dict(os.environ)
     env["CMAKE_ARGS"] = shlex.join([*cfg.cmake_args, *extra])
     for var in ("CFLAGS", "CXXFLAGS"):
@@ -364,7 +361,7 @@ def selftest_child(gguf: Path, threads: int, n_prompt: int) -> None:
 
     eng = LlamaEngine(gguf, n_ctx=512, n_threads=threads, extra_bufts=True)
     try:
-        words = "the quick brown fox jumps over the lazy dog and counts one two three four".split()
+        words = ("the", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog", "and", "counts")
         prompt, i = "", 0
         while len(eng.tokenize(prompt)) < n_prompt:
             prompt, i = f"{prompt} {words[i % len(words)]}", i + 1
@@ -373,9 +370,7 @@ def selftest_child(gguf: Path, threads: int, n_prompt: int) -> None:
         st = eng.last_stats
     finally:
         eng.close()
-    print(
-        f"prefill of {st.prefill_tokens} tokens and {st.completion_tokens} decoded on {threads} threads"
-    )
+    print(f"prefill of {st.prefill_tokens} tokens and {st.completion_tokens} decoded on {threads} threads")
 
 
 def run_selftest(python: str = sys.executable, timeout: float = SELFTEST_TIMEOUT_S) -> tuple[bool, str]:

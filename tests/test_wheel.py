@@ -78,10 +78,16 @@ def test_an_installed_wheel_runs_from_a_clean_venv(wheel: Path, small_moe_ckpt: 
     cwd.mkdir()
 
     def q35(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([str(venv / "bin" / "q35"), *args], cwd=cwd, env=env, capture_output=True, text=True)
+        return subprocess.run(
+            [str(venv / "bin" / "q35"), *args], cwd=cwd, env=env, capture_output=True, text=True
+        )
 
     where = subprocess.run(
-        [str(py), "-c", "import q35local.assets, quantize; print(q35local.assets.__file__, quantize.__file__)"],
+        [
+            str(py),
+            "-c",
+            "import q35local.assets, quantize; print(q35local.assets.__file__, quantize.__file__)",
+        ],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -89,7 +95,9 @@ def test_an_installed_wheel_runs_from_a_clean_venv(wheel: Path, small_moe_ckpt: 
     )
     assert where.returncode == 0, where.stderr
     assert all(p.startswith(str(venv)) for p in where.stdout.split()), where.stdout
-    r = q35("quantize", str(small_moe_ckpt), "-o", str(tmp_path / "m.gguf"), "--dry-run", "--quant", "Q4_K_XL")
+    r = q35(
+        "quantize", str(small_moe_ckpt), "-o", str(tmp_path / "m.gguf"), "--dry-run", "--quant", "Q4_K_XL"
+    )
     assert r.returncode == 0, r.stderr
     assert "Q4_K_XL" in r.stdout and "ffn_down_exps" in r.stdout
     assert not (tmp_path / "m.gguf").exists()
