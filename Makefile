@@ -2,19 +2,28 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.setup-done
 DEMO   := demo
+# How llama.cpp is built for this CPU (q35local/llamabuild.py): auto = -march=native minus AMX;
+# native = llama.cpp's default, AMX kept if its self-test passes; portable = only the extensions the
+# OS reports, generic tuning. Whatever the choice, a build whose self-test dies is replaced.
+CPU_BUILD ?= auto
+STAMP  := $(VENV)/.setup-done-$(CPU_BUILD)
 
 .PHONY: setup test demo bench bench-quality lint clean
 
 setup: $(STAMP)
 
-# llama-cpp-python is built from source (no prebuilt binary); pip caches the built wheel,
-# so a second setup on the same machine takes seconds.
-$(STAMP): pyproject.toml
+# llama-cpp-python is built from source for this CPU before the project is installed (its wheel is
+# cached per user under a key of the build's flags, compiler and CPU, so a second setup takes
+# seconds); then a self-test in a child process (an 80-token prefill on 2+ threads) proves the build
+# runs here, and a build that dies is replaced by the next safer one.
+$(STAMP): pyproject.toml q35local/llamabuild.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --no-binary llama-cpp-python -e '.[test]'
+	$(BIN)/python -m q35local.llamabuild install --cpu $(CPU_BUILD)
+	$(BIN)/python -m pip install -e '.[test]'
+	$(BIN)/python -m q35local.llamabuild verify --cpu $(CPU_BUILD)
+	rm -f $(VENV)/.setup-done-*
 	touch $(STAMP)
 
 test: setup

@@ -39,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -156,7 +157,7 @@ def compiler() -> str:
 def _compile_ok(cc: str, args: list[str]) -> subprocess.CompletedProcess | None:
     try:
         r = subprocess.run(
-            [cc, *args, "-x", "c", "-", "-o", os.devnull, "-E"],
+            [cc, *args, "-x", "c", "-E", "-"],
             input="",
             capture_output=True,
             text=True,
@@ -424,48 +425,62 @@ def check_no_amx(cfg: BuildConfig) -> None:
         )
 
 
-def install(choice: str, start: int = 0, failed: list[dict[str, str]] | None = None) -> BuildRecord:
+def record_for(choice: str, index: int, wheel: str, failed: list[dict[str, str]]) -> BuildRecord:
     ladder = ladder_for(choice)
-    cfg = ladder[start]
-    if "amx" in cfg.name:
-        check_no_amx(cfg)
-    wheel = build_wheel(cfg)
-    pip_install(wheel)
-    rec = BuildRecord(
+    cfg = ladder[index]
+    return BuildRecord(
         choice=choice,
         ladder=[c.name for c in ladder],
         config=cfg.name,
         cmake_args=[*cfg.cmake_args, *user_cmake_args()],
         cflags=list(cfg.cflags),
-        wheel=str(wheel),
-        failed=failed or [],
+        wheel=wheel,
+        failed=failed,
     )
+
+
+def install(choice: str, index: int = 0, failed: list[dict[str, str]] | None = None) -> BuildRecord:
+    """Build (or take from the cache) the ladder's `index`-th build, install it, record it."""
+    cfg = ladder_for(choice)[index]
+    if cfg.cflags:
+        check_no_amx(cfg)
+    wheel = build_wheel(cfg)
+    pip_install(wheel)
+    rec = record_for(choice, index, str(wheel), failed or [])
     write_record(rec)
     return rec
 
 
-def verify(choice: str) -> BuildRecord:
-    """Self-test the installed build; while it dies, install the next one in the ladder and test again."""
-    rec = read_record()
+def verify(
+    choice: str,
+    *,
+    selftest: Callable[[], tuple[bool, str]] = run_selftest,
+    install: Callable[[str, int, list[dict[str, str]]], BuildRecord] = install,
+    record_path: Path | None = None,
+) -> BuildRecord:
+    """Self-test the installed build; while it dies, install the next one in the ladder and test
+    again. Ends with a build that passed, or exits naming every build and how it died."""
+    rec = read_record(record_path)
     if rec is None or rec.choice != choice:
-        rec = install(choice)
+        rec = install(choice, 0, [])
     while True:
         _say(f"self-test of the {rec.config} build: {SELFTEST_PROMPT_TOKENS}-token prefill on 2+ threads")
-        ok, detail = run_selftest()
+        ok, detail = selftest()
         if ok:
             rec.selftest, rec.selftest_detail = "passed", detail
             rec.library = library_identity(cpu_library())
-            write_record(rec)
+            write_record(rec, record_path)
             _say(f"self-test passed ({detail}); llama.cpp build: {rec.config}")
             return rec
-        _say(f"the {rec.config} build {detail}: it cannot run here")
+        _say(f"the {rec.config} build {detail}: it cannot run here; trying the next build")
         failed = [*rec.failed, {"config": rec.config, "why": detail}]
         nxt = rec.ladder.index(rec.config) + 1
         if nxt >= len(rec.ladder):
-            write_record(BuildRecord(**{**asdict(rec), "failed": failed, "selftest": "failed"}))
+            rec.failed, rec.selftest = failed, "failed"
+            write_record(rec, record_path)
             raise SystemExit(
                 "q35 setup: no llama.cpp build passed its self-test here: "
-                + "; ".join(f"{f['config']}: {f['why']}" for f in failed)
+                + "; ".join(f"{f['config']} {f['why']}" for f in failed)
             )
         rec = install(choice, nxt, failed)
 
