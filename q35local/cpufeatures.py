@@ -155,3 +155,17 @@ def extra_bufts_safe(used: frozenset[str], record: object | None, library_id: st
     if "AMX_INT8" not in used:
         return True
     return isinstance(record, BuildRecord) and record.selftest == "passed" and record.library == library_id
+
+
+def report_lines() -> list[str]:
+    """The installed llama.cpp build against this CPU, for `q35 inspect` and `q35 fit`'s probe."""
+    from .llamabuild import read_record
+
+    try:
+        used = installed_features()
+    except (OSError, AttributeError, ImportError) as e:
+        return [f"llama.cpp's libraries did not load ({e})"]
+    cpu = cpu_reported()
+    if cpu is None:
+        return [f"llama.cpp CPU features: {' '.join(sorted(used))} (this CPU's own list is unreadable)"]
+    return describe(compare(used, cpu), read_record())

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 from dataclasses import replace
 from pathlib import Path
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -185,6 +187,7 @@ def report_json(m: ModelProfile, hw: Hardware, p: Plan, e: Estimate, sugg: list[
             "backends": list(hw.backends),
             "notes": list(hw.notes),
         },
+        "llama_build": list(hw.llama_build),
         **d,
         "estimate": e.to_json(),
         "suggestions": sugg,
@@ -215,6 +218,15 @@ def chat_command(m: ModelProfile, p: Plan, model_arg: str) -> str:
     return shlex.join(["q35", "chat", gguf_name(m, model_arg), "--ctx", str(p.settings.n_ctx)])
 
 
+def short_name(name: str) -> str:
+    """A device's name for the table (the lines under it give the full one): vendor words and the
+    GPU core count go, 'NVIDIA GeForce RTX 4090' → 'RTX 4090', 'Apple M3 Ultra (80-core GPU)' →
+    'M3 Ultra GPU'."""
+    for word in ("NVIDIA ", "GeForce ", "Apple "):
+        name = name.replace(word, "")
+    return re.sub(r"\s*\(\d+-core GPU\)", " GPU", name).strip()
+
+
 def print_report(
     console: Console, m: ModelProfile, hw: Hardware, p: Plan, e: Estimate, sugg: list[str], model_arg: str
 ) -> None:
@@ -223,9 +235,10 @@ def print_report(
         f"[bold]{m.name}[/] {m.quant}, {_size(m.file_bytes)} ({m.params / 1e9:.3g}B params) "
         f"on [bold]{hw.name}[/]: [bold {colour}]{p.verdict}[/] at {p.settings.n_ctx:,} tokens of context"
     )
-    t = Table(title_justify="left")
+    # no vertical rules and one space between columns: nine columns read whole at 80 columns
+    t = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0))
     for col in ("device", "total", "usable", "weights", "KV", "state", "compute", "mmproj", "planned"):
-        t.add_column(col, justify="left" if col == "device" else "right")
+        t.add_column(col, justify="left" if col == "device" else "right", no_wrap=col != "device")
 
     def g(n: int) -> str:
         return f"{n / GiB:.1f}G" if n >= GiB / 10 else f"{n / 2**20:.0f}M"
@@ -233,7 +246,7 @@ def print_report(
     for d in p.devices:
         over = d.planned_bytes + p.settings.margin > d.usable_bytes
         t.add_row(
-            d.name,
+            short_name(d.name),
             g(d.total_bytes),
             g(d.usable_bytes),
             g(d.weights),
@@ -278,8 +291,11 @@ def print_report(
     if hw.disk_free is not None:
         speed = f", reads {hw.disk_read_gbs:.1f} GB/s" if hw.disk_read_gbs else ""
         console.print(f"[dim]disk where the model lies: {hw.disk_free / 1e9:.0f} GB free{speed}[/]")
+    for line in hw.llama_build:
+        if not line.startswith("MISMATCH"):  # a mismatch is a note, in red
+            console.print(f"[dim]{line}[/]", highlight=False)
     for n in hw.notes:
-        console.print(f"[dim]note: {n}[/]")
+        console.print(f"[red]note: {n}[/]" if n.startswith("MISMATCH") else f"[dim]note: {n}[/]")
     if p.fits:
         get = get_command(m, model_arg)
         if get:

@@ -59,6 +59,7 @@ class Hardware:
     disk_free: int | None = None
     disk_read_gbs: float | None = None
     backends: tuple[str, ...] = ()  # backends the installed llama.cpp has, e.g. ("CPU",) or ("CUDA", "CPU")
+    llama_build: tuple[str, ...] = ()  # this machine only: the llama.cpp build against the CPU (cpufeatures)
     notes: tuple[str, ...] = field(default=())  # what could not be probed, and why
 
     @property

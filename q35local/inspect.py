@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from llama_cpp import llama_cpp
+
 from quantize.errors import InputError
 
 
@@ -41,13 +43,21 @@ def run_inspect(args: argparse.Namespace) -> int:
             "nextn_predict_layers",
         ]
         print("  " + ", ".join(f"{k}={get(f'{arch}.{k}')}" for k in keys if get(f"{arch}.{k}") is not None))
-    from llama_cpp import Llama
+    from .cpufeatures import report_lines
 
-    llm = Llama(model_path=str(path), n_ctx=256, verbose=False)
-    print(f"  llama.cpp loaded it: {llm.n_vocab()} tokens in the vocabulary, {llm.n_ctx()} context")
-    if args.generate:
-        out = llm(args.generate, max_tokens=args.n, temperature=0.0)
-        text = out["choices"][0]["text"]  # type: ignore[index]
-        print(f"  {args.generate!r} -> {text!r}")
-        print("  (the demo model has random weights: its words are noise)")
+    for line in report_lines():
+        print(f"  {line}")
+    from .engine import LlamaEngine
+    from .sampling import Sampling
+
+    eng = LlamaEngine(path, n_ctx=256)
+    try:
+        n_vocab = llama_cpp.llama_vocab_n_tokens(eng.vocab)
+        print(f"  llama.cpp loaded it: {n_vocab} tokens in the vocabulary, {eng.n_ctx} context")
+        if args.generate:
+            text = "".join(eng.generate(args.generate, sampling=Sampling(temperature=0.0, max_tokens=args.n)))
+            print(f"  {args.generate!r} -> {text!r}")
+            print("  (the demo model has random weights: its words are noise)")
+    finally:
+        eng.close()
     return 0

@@ -251,7 +251,11 @@ def probe(model_path: Path | None = None) -> Hardware:
             "the installed llama.cpp has no GPU backend (CPU only): rebuild llama-cpp-python with "
             + ("CMAKE_ARGS=-DGGML_CUDA=on" if hw.kind == "cuda" else "Metal")
         )
-    return hw.with_(backends=backends, notes=hw.notes + tuple(notes))
+    from .cpufeatures import report_lines
+
+    build = tuple(report_lines()) if backends else ()
+    notes += [line for line in build if line.startswith("MISMATCH")]
+    return hw.with_(backends=backends, llama_build=build, notes=hw.notes + tuple(notes))
 
 
 def calibration_path() -> Path:

@@ -364,3 +364,29 @@ def test_fit_on_a_checkpoint_folder(small_moe_ckpt: Path) -> None:
     written = gguf_for(small_moe_ckpt, "Q4_K_XL").stat().st_size
     assert d["model"]["file_bytes"] == pytest.approx(written, rel=0.005)
     assert d["commands"]["make"].startswith("q35 quantize " + str(small_moe_ckpt))
+
+
+@pytest.mark.parametrize("hw", ["8xh100-2048", "mac-studio-m3-ultra-512", "2x5090-256"])
+def test_device_table_reads_whole_at_80_columns(hw: str) -> None:
+    import os
+
+    env = {**os.environ, "COLUMNS": "80"}
+    r = subprocess.run(
+        [sys.executable, "-m", "q35local.cli", "fit", "Qwen3.5-397B-A17B", "--quant", "Q4_K_XL", "--hardware", hw],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    lines = r.stdout.splitlines()
+    head = next(line for line in lines if line.startswith("device"))
+    assert head.split() == ["device", "total", "usable", "weights", "KV", "state", "compute", "mmproj", "planned"]
+    assert "…" not in r.stdout and max(map(len, lines)) <= 80
+    rows = lines[lines.index(head) + 2 :]
+    assert rows[0].split()[-1].endswith("G")  # a device row holds name and every number on one line
+
+
+def test_fit_on_this_machine_names_the_llama_cpp_build(moe_ckpt: Path) -> None:
+    r = q35("fit", str(gguf_for(moe_ckpt, "Q8_0")))
+    assert "CPU features it uses:" in r.stdout and "llama.cpp build:" in r.stdout
+    data = json.loads(q35("fit", str(gguf_for(moe_ckpt, "Q8_0")), "--json").stdout)
+    assert any(line.startswith("CPU features it uses:") for line in data["llama_build"])
