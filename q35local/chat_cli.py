@@ -23,6 +23,11 @@ def add_chat_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-think", dest="think", action="store_false", help="start without thinking")
     p.add_argument("--system", help="system prompt")
     p.add_argument("--resume", type=int, metavar="ID", help="reopen a stored conversation")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="print llama.cpp's output when the chat ends (always in its log)",
+    )
     p.set_defaults(func=run_chat)
 
 
@@ -47,6 +52,10 @@ def run_chat(args: argparse.Namespace) -> int:
         raise InputError(None, "q35 chat needs a terminal; for a pipe or a script use q35 run -p PROMPT")
     model = _model(args.model)
     mmproj = args.mmproj or default_mmproj(model)
+    # before the progress bar, which puts back the sys.stderr it found when it ends
+    from . import llamalog
+
+    llamalog.route_stderr(echo=False)
     with Progress(
         TextColumn(f"loading {model.name}"),
         BarColumn(),
@@ -77,3 +86,6 @@ def run_chat(args: argparse.Namespace) -> int:
     finally:
         store.close()
         engine.close()
+        if args.verbose:
+            print("\n".join(llamalog.this_run()), file=sys.stderr)
+            print(f"(llama.cpp's log: {llamalog.log_path()})", file=sys.stderr)

@@ -15,6 +15,7 @@ def add_inspect_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", type=Path, help="GGUF file (the first shard of a split model)")
     p.add_argument("--generate", metavar="PROMPT", help="also generate a few tokens from PROMPT")
     p.add_argument("-n", type=int, default=16, help="tokens to generate (default 16)")
+    p.add_argument("--verbose", action="store_true", help="show llama.cpp's output (always in its log file)")
     p.set_defaults(func=run_inspect)
 
 
@@ -47,9 +48,11 @@ def run_inspect(args: argparse.Namespace) -> int:
 
     for line in report_lines():
         print(f"  {line}")
+    from . import llamalog
     from .engine import LlamaEngine
     from .sampling import Sampling
 
+    llamalog.route_stderr(echo=args.verbose)
     eng = LlamaEngine(path, n_ctx=256)
     try:
         n_vocab = llama_cpp.llama_vocab_n_tokens(eng.vocab)

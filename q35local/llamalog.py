@@ -1,17 +1,50 @@
-"""llama.cpp's log, captured instead of printed: the chat screen stays clean, and the lines that
-report allocations ("... buffer size = N MiB") can be read back."""
+"""llama.cpp's output, captured instead of printed: the chat screen stays clean, the lines that
+report allocations ("... buffer size = N MiB") can be read back, and everything lands in one log
+file under the data dir (`log_path()`), which `--verbose` also shows.
+
+Three sources: llama.cpp's log callback, mtmd's two (its core and its helper print image traces
+such as `add_text: …`), and C code that writes to file descriptor 2 directly (ggml's aborts and
+backtraces). For the last, `route_stderr()` points fd 2 at a pipe read by a small child process
+that appends to the log; a child, not a thread, so that the lines of a dying process (an abort)
+still reach the file. Python's own stderr, and `sys.__stderr__`, which Textual draws on, keep the
+terminal through a duplicate of the original fd 2.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import subprocess
+import sys
 import threading
+import time
 from collections import deque
+from pathlib import Path
 
 from llama_cpp import llama_cpp
 
 _lines: deque[str] = deque(maxlen=4000)
 _lock = threading.Lock()
 _partial: list[str] = []
+_routed: dict[str, object] = {}  # set once route_stderr ran: {"path": Path, "start": int}
+MAX_LOG_BYTES = 8 << 20  # past this the log is moved to llama.log.1 when a process starts
+
+# The reader in the child: stdlib only, started with -c so it costs a bare interpreter's start.
+# Lines that announce a crash (ggml's aborts, C++'s terminate) go to the terminal as well, even
+# without --verbose: the process is about to die and they say why. Errors llama.cpp merely logs are
+# reported by the caller as one line of its own.
+_READER = r"""
+import re, sys
+fatal = re.compile(rb"GGML_ASSERT|GGML_ABORT|ggml_abort|terminate called")
+echo = sys.argv[2] == "1"
+with open(sys.argv[1], "ab", buffering=0) as log:
+    for line in sys.stdin.buffer:
+        log.write(line)
+        if echo or fatal.search(line):
+            sys.stderr.buffer.write(line)
+            sys.stderr.flush()
+"""
 
 
 @llama_cpp.llama_log_callback
@@ -22,11 +55,71 @@ def _callback(level: int, text: bytes, user_data: object) -> None:
         if s.endswith("\n"):
             _lines.extend("".join(_partial).splitlines())
             _partial.clear()
+    if _routed:
+        with contextlib.suppress(OSError):
+            os.write(2, text)  # the pipe to the log's reader
 
 
 def capture() -> None:
-    """Route llama.cpp's log here (idempotent)."""
+    """Route llama.cpp's and mtmd's logs here (idempotent)."""
     llama_cpp.llama_log_set(_callback, None)
+    try:
+        from llama_cpp import mtmd_cpp
+
+        mtmd_cpp.mtmd_log_set(_callback, None)
+        mtmd_cpp.mtmd_helper_log_set(_callback, None)
+    except (ImportError, OSError, AttributeError):  # a build without mtmd
+        pass
+
+
+def log_path() -> Path:
+    from .store import data_dir
+
+    return data_dir() / "logs" / "llama.log"
+
+
+def route_stderr(echo: bool = False) -> Path:
+    """From now on, what this process writes to fd 2 goes to the log (and to the terminal too if
+    `echo`); Python's sys.stderr keeps the terminal. Idempotent; returns the log's path."""
+    if _routed:
+        return _routed["path"]  # type: ignore[return-value]
+    path = log_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and path.stat().st_size > MAX_LOG_BYTES:
+        os.replace(path, path.with_name(path.name + ".1"))
+    with open(path, "ab") as f:
+        start = f.tell()
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        f.write(f"=== {stamp} pid {os.getpid()}: {' '.join(sys.argv)}\n".encode())
+    sys.stdout.flush()
+    sys.stderr.flush()
+    terminal = os.dup(2)
+    r, w = os.pipe()
+    subprocess.Popen(
+        [sys.executable, "-c", _READER, str(path), "1" if echo else "0"],
+        stdin=r,
+        stdout=subprocess.DEVNULL,
+        stderr=terminal,
+    )
+    os.close(r)
+    os.dup2(w, 2)
+    os.close(w)
+    stream = os.fdopen(terminal, "w", buffering=1, encoding="utf-8", errors="backslashreplace")
+    sys.stderr = sys.__stderr__ = stream
+    _routed.update(path=path, start=start)
+    capture()
+    return path
+
+
+def this_run() -> list[str]:
+    """The log's lines written since route_stderr ran in this process (for `q35 chat --verbose`,
+    printed after the screen closes)."""
+    if not _routed:
+        return []
+    path: Path = _routed["path"]  # type: ignore[assignment]
+    with open(path, "rb") as f:
+        f.seek(int(_routed["start"]))  # type: ignore[call-overload]
+        return f.read().decode("utf-8", errors="replace").splitlines()
 
 
 def mark() -> int:

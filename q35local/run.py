@@ -25,6 +25,7 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ctx", type=int, default=8192)
     p.add_argument("--threads", type=int)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--verbose", action="store_true", help="show llama.cpp's output (always in its log file)")
     p.set_defaults(func=run_run)
 
 
@@ -34,7 +35,7 @@ def run_run(args: argparse.Namespace) -> int:
     from .runtime import open_engine, template_for
 
     mmproj = args.mmproj or default_mmproj(args.model)
-    engine = open_engine(args.model, mmproj, args.ctx, threads=args.threads)
+    engine = open_engine(args.model, mmproj, args.ctx, threads=args.threads, verbose=args.verbose)
     try:
         sampling = recommended(args.think).with_(max_tokens=args.max_tokens, seed=args.seed)
         if args.temperature is not None:

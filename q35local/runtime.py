@@ -52,7 +52,13 @@ def open_engine(
     *,
     progress: Callable[[float], bool] | None = None,
     threads: int | None = None,
+    verbose: bool = False,
 ) -> LlamaEngine:
+    """`verbose` echoes llama.cpp's output to the terminal as well as to its log file (never in
+    `q35 chat`, whose screen it would break: there the log is printed after the screen closes)."""
+    from . import llamalog
+
+    llamalog.route_stderr(echo=verbose)
     if mmproj is not None and not mmproj.is_file():
         raise InputError(mmproj, "no such mmproj file")
     profile = from_gguf(model, mmproj)

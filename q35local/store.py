@@ -47,10 +47,14 @@ CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages(conversation_id,
 """
 
 
-def default_path() -> Path:
+def data_dir() -> Path:
+    """The per-user data dir (conversations, the llama.cpp log); Q35_DATA_DIR overrides it."""
     base = os.environ.get("Q35_DATA_DIR")
-    folder = Path(base).expanduser() if base else platformdirs.user_data_path("q35local")
-    return folder / "chats.sqlite3"
+    return Path(base).expanduser() if base else platformdirs.user_data_path("q35local")
+
+
+def default_path() -> Path:
+    return data_dir() / "chats.sqlite3"
 
 
 @dataclass

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 from llama_cpp import Llama, llama_cpp, mtmd_cpp
-from llama_cpp._utils import suppress_stdout_stderr
 
 from quantize.errors import InputError
 
@@ -32,8 +31,8 @@ class Vision:
         params.warmup = False
         if n_threads:
             params.n_threads = n_threads
-        with suppress_stdout_stderr(disable=False):  # clip.cpp prints every hparam while loading
-            ctx = mtmd_cpp.mtmd_init_from_file(str(mmproj).encode(), llm.model, params)
+        # clip.cpp logs every hparam while loading: through mtmd's log callback, into llamalog
+        ctx = mtmd_cpp.mtmd_init_from_file(str(mmproj).encode(), llm.model, params)
         if not ctx:
             raise InputError(
                 mmproj,

@@ -372,14 +372,34 @@ def test_device_table_reads_whole_at_80_columns(hw: str) -> None:
 
     env = {**os.environ, "COLUMNS": "80"}
     r = subprocess.run(
-        [sys.executable, "-m", "q35local.cli", "fit", "Qwen3.5-397B-A17B", "--quant", "Q4_K_XL", "--hardware", hw],
+        [
+            sys.executable,
+            "-m",
+            "q35local.cli",
+            "fit",
+            "Qwen3.5-397B-A17B",
+            "--quant",
+            "Q4_K_XL",
+            "--hardware",
+            hw,
+        ],
         capture_output=True,
         text=True,
         env=env,
     )
     lines = r.stdout.splitlines()
     head = next(line for line in lines if line.startswith("device"))
-    assert head.split() == ["device", "total", "usable", "weights", "KV", "state", "compute", "mmproj", "planned"]
+    assert head.split() == [
+        "device",
+        "total",
+        "usable",
+        "weights",
+        "KV",
+        "state",
+        "compute",
+        "mmproj",
+        "planned",
+    ]
     assert "…" not in r.stdout and max(map(len, lines)) <= 80
     rows = lines[lines.index(head) + 2 :]
     assert rows[0].split()[-1].endswith("G")  # a device row holds name and every number on one line
