@@ -27,7 +27,7 @@ from llama_cpp import llama_cpp
 _lines: deque[str] = deque(maxlen=4000)
 _lock = threading.Lock()
 _partial: list[str] = []
-_routed: dict[str, object] = {}  # set once route_stderr ran: {"path": Path, "start": int}
+_routed: dict[str, object] = {}  # set once route_stderr ran: path, start offset, reader process
 MAX_LOG_BYTES = 8 << 20  # past this the log is moved to llama.log.1 when a process starts
 
 # The reader in the child: stdlib only, started with -c so it costs a bare interpreter's start.
@@ -95,7 +95,7 @@ def route_stderr(echo: bool = False) -> Path:
     sys.stderr.flush()
     terminal = os.dup(2)
     r, w = os.pipe()
-    subprocess.Popen(
+    reader = subprocess.Popen(
         [sys.executable, "-c", _READER, str(path), "1" if echo else "0"],
         stdin=r,
         stdout=subprocess.DEVNULL,
@@ -106,7 +106,7 @@ def route_stderr(echo: bool = False) -> Path:
     os.close(w)
     stream = os.fdopen(terminal, "w", buffering=1, encoding="utf-8", errors="backslashreplace")
     sys.stderr = sys.__stderr__ = stream
-    _routed.update(path=path, start=start)
+    _routed.update(path=path, start=start, reader=reader)  # kept: it outlives this process's last write
     capture()
     return path
 
