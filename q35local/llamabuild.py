@@ -43,6 +43,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from quantize.usercache import cache_dir, write_atomically  # stdlib only, like this module
+
 LLAMA_CPP_PYTHON = "0.3.36"
 CHOICES = ("auto", "native", "portable")
 # every AMX option some GCC or Clang knows (a compiler that lacks one cannot emit it either)
@@ -182,11 +184,6 @@ def amx_macros(cc: str, march: str, cflags: tuple[str, ...]) -> list[str] | None
     return sorted(m for m in re.findall(r"#define (__AMX_\w+__)", r.stdout))
 
 
-def cache_root() -> Path:
-    base = os.environ.get("Q35_CACHE") or os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "q35local"
-
-
 def compiler_id(cc: str) -> str:
     try:
         out = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
@@ -229,12 +226,12 @@ def build_wheel(cfg: BuildConfig, python: str = sys.executable) -> Path:
     """The wheel for `cfg`: from the per-user cache, or built now (minutes)."""
     cc = compiler()
     extra = user_cmake_args()
-    where = cache_root() / "llama-wheels" / wheel_key(cfg, cc, extra)
+    where = cache_dir() / "llama-wheels" / wheel_key(cfg, cc, extra)
     found = sorted(where.glob("llama_cpp_python-*.whl"))
     if found:
         _say(f"llama.cpp {cfg.name}: cached wheel {found[-1]}")
         return found[-1]
-    sdist_dir = cache_root() / "llama-sdist"
+    sdist_dir = cache_dir() / "llama-sdist"
     sdist = sdist_dir / f"llama_cpp_python-{LLAMA_CPP_PYTHON}.tar.gz"
     if not sdist.exists():
         _say(f"downloading the llama-cpp-python {LLAMA_CPP_PYTHON} source")
@@ -308,11 +305,7 @@ def read_record(path: Path | None = None) -> BuildRecord | None:
 
 
 def write_record(rec: BuildRecord, path: Path | None = None) -> None:
-    path = path or build_record_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(asdict(rec), indent=1))
-    os.replace(tmp, path)
+    write_atomically(path or build_record_path(), json.dumps(asdict(rec), indent=1).encode())
 
 
 def cpu_library() -> Path | None:
@@ -343,7 +336,7 @@ def selftest_model() -> Path:
     from quantize.convert import ConvertOptions, convert
     from quantize.synth import spec_for, write_checkpoint
 
-    root = cache_root() / "selftest"
+    root = cache_dir() / "selftest"
     gguf = root / "tiny-moe-Q8_0.gguf"
     if not gguf.exists():
         ckpt = root / "tiny-moe"
