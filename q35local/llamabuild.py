@@ -478,6 +478,19 @@ def verify(
         rec = install(choice, nxt, failed)
 
 
+def still_good(rec: BuildRecord | None, choice: str) -> bool:
+    """Whether the installed build can stay (make setup runs again on every pyproject change): its
+    self-test passed, under the same choice, with the CMake options this machine and CMAKE_ARGS
+    would give it now. Anything else starts the ladder from the top."""
+    if rec is None or rec.choice != choice or rec.selftest != "passed" or cpu_library() is None:
+        return False
+    names = [c.name for c in ladder_for(choice)]
+    if rec.config not in names:
+        return False
+    now = record_for(choice, names.index(rec.config), rec.wheel, rec.failed)
+    return (now.cmake_args, now.cflags) == (rec.cmake_args, rec.cflags)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m q35local.llamabuild", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="step", required=True)
@@ -491,10 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--tokens", type=int, default=SELFTEST_PROMPT_TOKENS)
     args = p.parse_args(argv)
     if args.step == "install":
-        rec = read_record()
-        # a build whose self-test passed under the same choice is kept (make setup runs again on
-        # every pyproject change); anything else starts the ladder from the top
-        if not (rec and rec.choice == args.cpu and rec.selftest == "passed" and cpu_library()):
+        if not still_good(read_record(), args.cpu):
             install(args.cpu)
     elif args.step == "verify":
         rec = read_record()

@@ -248,8 +248,8 @@ def probe(model_path: Path | None = None) -> Hardware:
         notes.append("llama.cpp's backends unknown (its libraries did not load)")
     elif hw.devices and not any(b.upper().startswith(("CUDA", "MTL", "METAL")) for b in backends):
         notes.append(
-            "the installed llama.cpp has no GPU backend (CPU only): rebuild llama-cpp-python with "
-            + ("CMAKE_ARGS=-DGGML_CUDA=on" if hw.kind == "cuda" else "Metal")
+            "the installed llama.cpp has no GPU backend (CPU only): rebuild it with "
+            + ("`CMAKE_ARGS=-DGGML_CUDA=on make -B setup`" if hw.kind == "cuda" else "`make -B setup`")
         )
     from .cpufeatures import report_lines
 

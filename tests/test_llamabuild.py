@@ -182,3 +182,17 @@ def test_a_long_prefill_on_two_threads_through_the_real_engine(moe_ckpt: Path) -
     ok, detail = lb.judge([sys.executable, "-c", code], 300)
     assert ok, detail
     assert detail == "prefill of 80 tokens and 8 decoded on 2 threads"
+
+
+def test_a_passed_build_stays_until_its_options_change(monkeypatch: pytest.MonkeyPatch) -> None:
+    rec = lb.record_for("auto", 0, "w.whl", [])
+    rec.selftest = "passed"
+    monkeypatch.delenv("CMAKE_ARGS", raising=False)
+    assert lb.still_good(rec, "auto")
+    assert not lb.still_good(rec, "portable")
+    monkeypatch.setenv("CMAKE_ARGS", "-DGGML_CUDA=on")  # the user asks for CUDA: rebuild
+    assert not lb.still_good(rec, "auto")
+    rec2 = lb.record_for("auto", 0, "w.whl", [])
+    assert rec2.cmake_args[-1] == "-DGGML_CUDA=on"
+    rec2.selftest = "failed"
+    assert not lb.still_good(rec2, "auto")
