@@ -193,7 +193,8 @@ def compiler_id(cc: str) -> str:
 
 
 def cpu_identity() -> str:
-    """What a native build depends on: the CPU model and its flags."""
+    """What a native build depends on: the CPU model and its flags (a Mac: its chip and sysctl's
+    feature list), so that a cached native wheel is never reused on another CPU."""
     model = ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -201,7 +202,12 @@ def cpu_identity() -> str:
                 model = line.partition(":")[2].strip()
                 break
     except OSError:
-        model = platform.processor()
+        try:
+            cmd = ["sysctl", "machdep.cpu.brand_string", "hw.optional"]
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            out = ""
+        model = out or platform.processor()
     return f"{platform.machine()} {model} {' '.join(sorted(cpu_flags()))}"
 
 
