@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import NoReturn
 
 from quantize.errors import InputError
 
@@ -25,12 +26,20 @@ COMMANDS = {
 }
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage mistakes are bad input too: one line naming the option and the problem, exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        where = self.prog.removeprefix("q35").strip()
+        self.exit(2, f"q35: error: {where + ': ' if where else ''}{message} (see {self.prog} --help)\n")
+
+
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The parser for `argv`: every command, or only the one argv names (help and errors for an
     unknown command still list them all)."""
     first = next((a for a in argv or [] if not a.startswith("-")), None)
     names = [first] if first in COMMANDS else list(COMMANDS)
-    p = argparse.ArgumentParser(prog="q35", description="Run Qwen 3.5 on your own machine.")
+    p = OneLineParser(prog="q35", description="Run Qwen 3.5 on your own machine.")
     p.add_argument("--version", action="version", version=f"q35 {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in names:
