@@ -9,12 +9,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import settings
 
 from q35local.hardware import GiB
 from quantize.convert import ConvertOptions, convert
 from quantize.synth import spec_for, write_checkpoint
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# Property-based tests: a bounded, reproducible run in `make test` (the same examples every run, no
+# example database left in the tree, no per-example deadline on this shared, noisy machine).
+# HYPOTHESIS_PROFILE=deep explores further by hand.
+settings.register_profile("q35", max_examples=60, deadline=None, database=None, derandomize=True)
+settings.register_profile("deep", max_examples=2000, deadline=None, database=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "q35"))
 
 # A chat-formatted prompt with special tokens, multilingual text and code: 16+ tokens.
 PROMPT = (
