@@ -3,12 +3,11 @@ before a single weight is read."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Qwen35Config, load_config
-from .errors import InputError
+from .errors import InputError, read_json
 from .header_cache import HeaderCache
 from .hub import HubSource
 from .safetensors_io import ShardSet, TensorEntry, read_header
@@ -44,12 +43,9 @@ def _shard_map(ckpt: Path, allow_missing: bool = False) -> dict[str, Path]:
     """tensor name -> shard file, from the index if there is one, else from the single file."""
     index = ckpt / INDEX
     if index.exists():
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-            if not isinstance(weight_map, dict):
-                raise TypeError("weight_map is not an object")
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
-            raise InputError(index, f"cannot parse the shard index ({e})") from None
+        weight_map = read_json(index, "no shard index").get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise InputError(index, "cannot parse the shard index (no weight_map object)")
         files: dict[str, Path] = {}  # one Path per shard: 397B has ~100K tensors over ~100 files
         for fname in set(weight_map.values()):
             if not isinstance(fname, str) or Path(fname).name != fname or not fname.endswith(".safetensors"):

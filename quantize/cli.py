@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -12,10 +11,15 @@ from typing import TYPE_CHECKING
 from .convert import ConvertOptions, ConvertResult, convert
 from .plan import OutTensor
 from .scheme import choices
-from .units import parse_size
+from .units import format_size
+from .validate import float_arg, int_arg, size_arg
 
 if TYPE_CHECKING:
     from rich.console import Console
+
+MIN_SPLIT = 1_000_000  # a smaller shard holds one tensor of any real model: a typo, not a plan
+MAX_BPW = 32.0  # F32: no recipe has more bits per weight
+MAX_THREADS = 4096
 
 # rich is imported where it draws: a --dry-run --json never needs it (its import is ~10% of the
 # dry run of a 397B checkpoint)
@@ -56,14 +60,26 @@ def add_quantize_parser(sub: argparse._SubParsersAction) -> None:
         help="continue an interrupted run of the same command (checks what is already written)",
     )
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--target-size", help="choose the best recipe that fits this file size, e.g. 240G")
-    g.add_argument("--target-bpw", type=float, help="choose the best recipe for this many bits per weight")
+    g.add_argument(
+        "--target-size", type=size_arg(), help="choose the best recipe that fits this file size, e.g. 240G"
+    )
+    g.add_argument(
+        "--target-bpw",
+        type=float_arg(0, MAX_BPW, lo_open=True),
+        help="choose the best recipe for this many bits per weight",
+    )
     p.add_argument("--mmproj", type=Path, help="vision projector path (default: OUT.mmproj.gguf)")
     p.add_argument("--no-mmproj", action="store_true", help="do not write the vision projector")
     p.add_argument("--no-mtp", action="store_true", help="drop the multi-token-prediction head")
-    p.add_argument("--split-max-size", type=str, help="write shards of at most this size, e.g. 50G")
+    p.add_argument(
+        "--split-max-size",
+        type=size_arg(MIN_SPLIT),
+        help=f"write shards of at most this size, e.g. 50G (at least {format_size(MIN_SPLIT)})",
+    )
     p.add_argument("--name", help="general.name in the GGUF (default: the checkpoint's name)")
-    p.add_argument("--threads", type=int, help="quantization threads (default: all cores)")
+    p.add_argument(
+        "--threads", type=int_arg(1, MAX_THREADS), help="quantization threads (default: all cores)"
+    )
     p.add_argument(
         "--dry-run",
         action="store_true",
@@ -107,12 +123,6 @@ def run_make_tiny(args: argparse.Namespace) -> int:
 
 
 def run_quantize(args: argparse.Namespace) -> int:
-    try:
-        split = parse_size(args.split_max_size) if args.split_max_size else None
-        target = parse_size(args.target_size) if args.target_size else None
-    except ValueError as e:
-        print(f"q35: error: --split-max-size / --target-size: {e}", file=sys.stderr)
-        return 2
     opts = ConvertOptions(
         checkpoint=args.checkpoint,
         output=args.output,
@@ -121,14 +131,14 @@ def run_quantize(args: argparse.Namespace) -> int:
         mmproj=args.mmproj,
         write_mmproj=not args.no_mmproj,
         mtp=not args.no_mtp,
-        split_max_size=split,
+        split_max_size=args.split_max_size,
         name=args.name,
         threads=args.threads,
         imatrix=args.imatrix,
         resume=args.resume,
         revision=args.revision,
         delete_shards=args.delete_shards,
-        target_bytes=target,
+        target_bytes=args.target_size,
         target_bpw=args.target_bpw,
     )
     result = convert(opts, dry_run=True) if args.dry_run else _convert_with_progress(opts)

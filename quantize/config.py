@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError, read_json
+from .validate import number
 
 # HF architecture name -> (GGUF architecture, is MoE)
 ARCHITECTURES: dict[str, tuple[str, bool]] = {
@@ -114,17 +115,75 @@ class Qwen35Config:
         }
 
 
-def _need(d: dict[str, Any], key: str, path: Path, where: str = "text_config") -> Any:
-    if key not in d:
-        raise InputError(path, f"{where} has no {key!r}")
-    return d[key]
+# Sizes past these are not a model anyone can run (the 397B has 60 layers, 512 experts, hidden 4096,
+# a 248K vocabulary); they stop a lying config.json before it sizes a list or a plan.
+MAX_LAYERS = 4096
+MAX_DIM = 1 << 20  # hidden, head and FFN sizes
+MAX_HEADS = 4096
+MAX_EXPERTS = 1 << 16
+MAX_VOCAB = 1 << 24
+MAX_CONTEXT = (1 << 31) - 1  # llama.cpp reads it as a 32-bit count
+
+_MISSING = object()
+
+
+class _Fields:
+    """Typed, range-checked reads of one JSON object of config.json; errors name the field."""
+
+    def __init__(self, d: object, path: Path, where: str) -> None:
+        if not isinstance(d, dict):
+            raise InputError(path, f"{where or 'config'}: expected a JSON object, got {type(d).__name__}")
+        self.d, self.path, self.where = d, path, where
+
+    def name(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def raw(self, key: str, default: object = _MISSING) -> Any:
+        if key in self.d and self.d[key] is not None:
+            return self.d[key]
+        if default is _MISSING:
+            raise InputError(self.path, f"{self.where or 'config'} has no {key!r}")
+        return default
+
+    def int(self, key: str, lo: int = 1, hi: int = MAX_DIM, default: object = _MISSING) -> int:
+        v = self.raw(key, default)
+        return int(number(v, self.name(key), lo=lo, hi=hi, integer=True, where=self.path))
+
+    def float(
+        self, key: str, lo: float, hi: float, default: object = _MISSING, lo_open: bool = True
+    ) -> float:
+        v = self.raw(key, default)
+        return number(v, self.name(key), lo=lo, hi=hi, where=self.path, lo_open=lo_open)
+
+    def ints(
+        self, key: str, default: object, lo: int = 0, hi: int = MAX_DIM, max_len: int = 64
+    ) -> tuple[int, ...]:
+        v = self.raw(key, default)
+        if isinstance(v, int) and not isinstance(v, bool):
+            v = [v]
+        if not isinstance(v, list | tuple) or len(v) > max_len:
+            raise InputError(self.path, f"{self.name(key)}: expected a list of at most {max_len} numbers")
+        return tuple(
+            int(number(x, f"{self.name(key)}[{i}]", lo=lo, hi=hi, integer=True, where=self.path))
+            for i, x in enumerate(v)
+        )
+
+    def first_int(self, key: str, default: int, hi: int = 1024) -> int:
+        """A size given as a number or a list of equal ones (patch_size: 16 or [16, 16])."""
+        return self.ints(key, default, lo=1, hi=hi)[0] if self.raw(key, default) != [] else default
+
+    def obj(self, key: str) -> _Fields | None:
+        v = self.d.get(key)
+        return None if v is None else _Fields(v, self.path, self.name(key))
 
 
 def load_config(ckpt: Path) -> Qwen35Config:
     path = ckpt / "config.json"
     raw = read_json(path, "no config.json: not a Hugging Face checkpoint folder")
     archs = raw.get("architectures") or []
-    known = [a for a in archs if a in ARCHITECTURES]
+    if not isinstance(archs, list):
+        archs = [archs]
+    known = [a for a in archs if isinstance(a, str) and a in ARCHITECTURES]
     if not known:
         raise InputError(
             path,
@@ -133,37 +192,44 @@ def load_config(ckpt: Path) -> Qwen35Config:
         )
     architecture = known[0]
     arch, moe = ARCHITECTURES[architecture]
-    text = raw.get("text_config", raw)
-    try:
-        return _parse(raw, text, architecture, arch, moe, path)
-    except (TypeError, ValueError) as e:
-        raise InputError(path, f"malformed value ({e})") from None
+    top = _Fields(raw, path, "")
+    text = top.obj("text_config") or top
+    return _parse(top, text, architecture, arch, moe, path)
 
 
-def _parse(raw: dict, text: dict, architecture: str, arch: str, moe: bool, path: Path) -> Qwen35Config:
-    n_layers = int(_need(text, "num_hidden_layers", path))
-    hidden = int(_need(text, "hidden_size", path))
-    n_head = int(_need(text, "num_attention_heads", path))
-    interval = int(text.get("full_attention_interval", 4))
-    layer_types = text.get("layer_types") or [
-        "linear_attention" if (i + 1) % interval else "full_attention" for i in range(n_layers)
-    ]
+def _parse(top: _Fields, text: _Fields, architecture: str, arch: str, moe: bool, path: Path) -> Qwen35Config:
+    n_layers = text.int("num_hidden_layers", hi=MAX_LAYERS)
+    hidden = text.int("hidden_size")
+    n_head = text.int("num_attention_heads", hi=MAX_HEADS)
+    n_kv = text.int("num_key_value_heads", hi=n_head, default=n_head)
+    if n_head % n_kv:
+        raise InputError(
+            path, f"{text.name('num_attention_heads')} {n_head} is not a multiple of {n_kv} KV heads"
+        )
+    interval = text.int("full_attention_interval", hi=MAX_LAYERS, default=4)
+    layer_types = text.raw("layer_types", None)
+    if layer_types is None:
+        layer_types = [
+            "linear_attention" if (i + 1) % interval else "full_attention" for i in range(n_layers)
+        ]
+    if not isinstance(layer_types, list) or not all(isinstance(t, str) for t in layer_types):
+        raise InputError(path, f"{text.name('layer_types')}: expected a list of strings")
     if len(layer_types) != n_layers:
         raise InputError(path, f"layer_types has {len(layer_types)} entries for {n_layers} layers")
     bad = {t for t in layer_types if t not in ("linear_attention", "full_attention")}
     if bad:
         raise InputError(path, f"unknown layer types {sorted(bad)}")
-    rope = text.get("rope_parameters") or {}
-    rope_theta = float(rope.get("rope_theta", text.get("rope_theta", 10_000_000.0)))
-    partial = float(rope.get("partial_rotary_factor", text.get("partial_rotary_factor", 0.25)))
-    mrope = tuple(int(x) for x in rope.get("mrope_section", (11, 11, 10)))
-    head_dim = int(text.get("head_dim", hidden // n_head))
+    rope = text.obj("rope_parameters") or _Fields({}, path, text.name("rope_parameters"))
+    rope_theta = rope.float("rope_theta", 0, 1e12, default=text.raw("rope_theta", 10_000_000.0))
+    partial = rope.float("partial_rotary_factor", 0, 1, default=text.raw("partial_rotary_factor", 0.25))
+    mrope = rope.ints("mrope_section", (11, 11, 10), max_len=4)
+    head_dim = text.int("head_dim", hi=MAX_DIM, default=hidden // n_head or 1)
     if sum(mrope) * 2 != int(head_dim * partial):
         raise InputError(
             path, f"mrope_section {list(mrope)} does not cover the rotary dims ({head_dim} x {partial})"
         )
-    dk, dv = int(_need(text, "linear_key_head_dim", path)), int(_need(text, "linear_value_head_dim", path))
-    nk, nv = int(_need(text, "linear_num_key_heads", path)), int(_need(text, "linear_num_value_heads", path))
+    dk, dv = text.int("linear_key_head_dim"), text.int("linear_value_head_dim")
+    nk, nv = text.int("linear_num_key_heads", hi=MAX_HEADS), text.int("linear_num_value_heads", hi=MAX_HEADS)
     if nv % nk:
         raise InputError(path, f"linear_num_value_heads {nv} is not a multiple of linear_num_key_heads {nk}")
     if dk != dv:
@@ -171,59 +237,66 @@ def _parse(raw: dict, text: dict, architecture: str, arch: str, moe: bool, path:
         raise InputError(path, f"linear key head dim {dk} != value head dim {dv}: llama.cpp cannot run it")
     moe_kw: dict[str, int] = {}
     if moe:
+        n_expert = text.int("num_experts", hi=MAX_EXPERTS)
         moe_kw = {
-            "num_experts": int(_need(text, "num_experts", path)),
-            "num_experts_per_tok": int(_need(text, "num_experts_per_tok", path)),
-            "moe_intermediate_size": int(_need(text, "moe_intermediate_size", path)),
-            "shared_expert_intermediate_size": int(text.get("shared_expert_intermediate_size", 0)),
+            "num_experts": n_expert,
+            "num_experts_per_tok": text.int("num_experts_per_tok", hi=n_expert),
+            "moe_intermediate_size": text.int("moe_intermediate_size"),
+            "shared_expert_intermediate_size": text.int("shared_expert_intermediate_size", lo=0, default=0),
         }
     else:
-        moe_kw = {"intermediate_size": int(_need(text, "intermediate_size", path))}
+        moe_kw = {"intermediate_size": text.int("intermediate_size")}
     vision = None
-    if "vision_config" in raw and "ConditionalGeneration" in architecture:
-        v = raw["vision_config"]
-        ps, tps = v.get("patch_size", 16), v.get("temporal_patch_size", 2)
+    vc = top.obj("vision_config")
+    if vc is not None and "ConditionalGeneration" in architecture:
+        depth = vc.int("depth", hi=MAX_LAYERS)
         vision = VisionConfig(
-            depth=int(_need(v, "depth", path, "vision_config")),
-            hidden_size=int(_need(v, "hidden_size", path, "vision_config")),
-            intermediate_size=int(_need(v, "intermediate_size", path, "vision_config")),
-            num_heads=int(_need(v, "num_heads", path, "vision_config")),
-            in_channels=int(v.get("in_channels", 3)),
-            patch_size=int(ps[0] if isinstance(ps, list) else ps),
-            temporal_patch_size=int(tps[0] if isinstance(tps, list) else tps),
-            spatial_merge_size=int(v.get("spatial_merge_size", 2)),
-            out_hidden_size=int(_need(v, "out_hidden_size", path, "vision_config")),
-            num_position_embeddings=int(v.get("num_position_embeddings", 2304)),
-            deepstack_visual_indexes=tuple(v.get("deepstack_visual_indexes") or ()),
-            hidden_act=str(v.get("hidden_act", "gelu_pytorch_tanh")),
+            depth=depth,
+            hidden_size=vc.int("hidden_size"),
+            intermediate_size=vc.int("intermediate_size"),
+            num_heads=vc.int("num_heads", hi=MAX_HEADS),
+            in_channels=vc.int("in_channels", hi=64, default=3),
+            patch_size=vc.first_int("patch_size", 16),
+            temporal_patch_size=vc.first_int("temporal_patch_size", 2),
+            spatial_merge_size=vc.int("spatial_merge_size", hi=64, default=2),
+            out_hidden_size=vc.int("out_hidden_size"),
+            num_position_embeddings=vc.int("num_position_embeddings", hi=MAX_DIM, default=2304),
+            deepstack_visual_indexes=vc.ints("deepstack_visual_indexes", (), hi=depth - 1),
+            hidden_act=str(vc.raw("hidden_act", "gelu_pytorch_tanh")),
         )
-    qc = raw.get("quantization_config") or text.get("quantization_config")
+    qc = top.obj("quantization_config") or text.obj("quantization_config")
     fp8_block = None
-    if qc:
-        if qc.get("quant_method") != "fp8":
-            raise InputError(path, f"unsupported quantization_config method {qc.get('quant_method')!r}")
-        b = qc.get("weight_block_size") or [128, 128]
-        fp8_block = (int(b[0]), int(b[1]))
+    if qc is not None:
+        if qc.raw("quant_method", None) != "fp8":
+            raise InputError(path, f"unsupported quantization_config method {qc.raw('quant_method', None)!r}")
+        b = qc.ints("weight_block_size", (128, 128), lo=1, hi=1 << 16, max_len=2)
+        if len(b) != 2:
+            raise InputError(path, f"{qc.name('weight_block_size')}: expected two numbers, got {list(b)}")
+        fp8_block = (b[0], b[1])
+    vocab = text.int("vocab_size", hi=MAX_VOCAB)
     token_ids = {
-        k: int(raw[k])
+        k: top.int(k, lo=0, hi=vocab - 1)
         for k in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
-        if k in raw
+        if top.raw(k, None) is not None
     }
+    tie = top.raw("tie_word_embeddings", text.raw("tie_word_embeddings", False))
+    if not isinstance(tie, bool):
+        raise InputError(path, f"tie_word_embeddings: expected true or false, got {tie!r}")
     return Qwen35Config(
         architecture=architecture,
         arch=arch,
         moe=moe,
-        vocab_size=int(_need(text, "vocab_size", path)),
+        vocab_size=vocab,
         hidden_size=hidden,
         num_hidden_layers=n_layers,
         num_attention_heads=n_head,
-        num_key_value_heads=int(text.get("num_key_value_heads", n_head)),
+        num_key_value_heads=n_kv,
         head_dim=head_dim,
-        rms_norm_eps=float(text.get("rms_norm_eps", 1e-6)),
-        max_position_embeddings=int(text.get("max_position_embeddings", 262144)),
+        rms_norm_eps=text.float("rms_norm_eps", 0, 1, default=1e-6),
+        max_position_embeddings=text.int("max_position_embeddings", hi=MAX_CONTEXT, default=262144),
         layer_types=tuple(layer_types),
         full_attention_interval=interval,
-        linear_conv_kernel_dim=int(text.get("linear_conv_kernel_dim", 4)),
+        linear_conv_kernel_dim=text.int("linear_conv_kernel_dim", hi=64, default=4),
         linear_key_head_dim=dk,
         linear_value_head_dim=dv,
         linear_num_key_heads=nk,
@@ -231,9 +304,9 @@ def _parse(raw: dict, text: dict, architecture: str, arch: str, moe: bool, path:
         rope_theta=rope_theta,
         partial_rotary_factor=partial,
         mrope_section=mrope,
-        tie_word_embeddings=bool(raw.get("tie_word_embeddings", text.get("tie_word_embeddings", False))),
-        mtp_num_hidden_layers=int(text.get("mtp_num_hidden_layers", 0)),
-        name=str(raw.get("_name_or_path", "")),
+        tie_word_embeddings=tie,
+        mtp_num_hidden_layers=text.int("mtp_num_hidden_layers", lo=0, hi=64, default=0),
+        name=str(top.raw("_name_or_path", "")),
         vision=vision,
         token_ids=token_ids,
         fp8_block=fp8_block,

@@ -290,7 +290,7 @@ def prepare(ckpt: Checkpoint, opts: ConvertOptions, check_output: bool = True) -
     cfg = ckpt.config
     if check_output:
         check_writable(opts.output)
-    targeting = bool(opts.target_bytes or opts.target_bpw)
+    targeting = opts.target_bytes is not None or opts.target_bpw is not None
     if targeting and (opts.recipe or opts.quant not in (None, "Q8_0")):
         raise InputError(
             None, "--target-size / --target-bpw choose the recipe themselves: drop --quant/--recipe"
@@ -321,7 +321,8 @@ def prepare(ckpt: Checkpoint, opts: ConvertOptions, check_output: bool = True) -
         *tokenizer_kvs(ckpt.path, cfg.vocab_size),
     ]
     if targeting:
-        budget = opts.target_bytes or int(opts.target_bpw * params / 8)  # type: ignore[operator]
+        bpw = opts.target_bpw or 0.0
+        budget = opts.target_bytes if opts.target_bytes is not None else int(bpw * params / 8)
         probe = plan_shards(
             opts.output, kvs, [TensorInfo(t.name, t.shape, t.ggml_type) for t in plan], opts.split_max_size
         )

@@ -15,14 +15,20 @@ class InputError(Exception):
         super().__init__(f"{self.path}: {problem}" if self.path else problem)
 
 
-def read_json(path: Path, missing: str) -> dict:
-    """A JSON object from `path`, or an InputError naming the file (`missing` says why it is needed)."""
+def read_json(path: Path, missing: str, limit: int = 256 << 20) -> dict:
+    """A JSON object from `path`, or an InputError naming the file (`missing` says why it is needed).
+
+    Only a regular file of at most `limit` bytes is read; a nesting too deep for the parser is a
+    malformed file, not a crash."""
+    from .validate import read_text  # validate builds on this module
+
+    text = read_text(path, missing, limit)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(path, missing) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
         raise InputError(path, f"cannot parse ({e})") from None
+    except RecursionError:
+        raise InputError(path, "cannot parse (nested too deeply)") from None
     if not isinstance(data, dict):
         raise InputError(path, "not a JSON object")
     return data

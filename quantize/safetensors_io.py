@@ -19,6 +19,7 @@ from typing import BinaryIO, NamedTuple
 import numpy as np
 
 from .errors import InputError
+from .validate import regular_file
 
 # safetensors dtype -> (numpy storage dtype, bytes per element). BF16 and F8 are read as raw integers
 # and decoded by quantize.dtypes.
@@ -64,8 +65,10 @@ def read_header(
 ) -> dict[str, TensorEntry]:
     """Read and validate one shard's header without touching tensor data. `opener` and `size` read
     it from elsewhere (a Hub file, by range requests) for a shard that is not on disk yet."""
+    if opener is None:
+        st = regular_file(path, "no such shard")
+        size = st.st_size if size is None else size
     try:
-        size = path.stat().st_size if size is None else size
         with opener() if opener else open(path, "rb") as f:
             head = f.read(8)
             if len(head) < 8:
@@ -80,6 +83,8 @@ def read_header(
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise InputError(path, f"safetensors header is not valid JSON ({e})") from None
+    except RecursionError:
+        raise InputError(path, "safetensors header is not valid JSON (nested too deeply)") from None
     if not isinstance(header, dict):
         raise InputError(path, "safetensors header is not a JSON object")
     return _entries(path, header, 8 + n, size)
@@ -173,6 +178,7 @@ class ShardSet:
                 self.fetch(path)
                 if read_header(path) != {n: e for n, e in self.entries.items() if e.path == path}:
                     raise InputError(path, "the downloaded shard does not match the header read before")
+            regular_file(path, "no such shard")  # a FIFO would block the map (and the run) for good
             f = open(path, "rb")  # noqa: SIM115 - kept open for the map's lifetime
             m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
             self._files[path] = f

@@ -9,11 +9,12 @@ def parse_size(s: str) -> int:
     """'50G', '500M', '1.5T', '123' (bytes) -> bytes."""
     t = s.strip().upper().removesuffix("B")
     try:
-        if t and t[-1] in _UNITS:
-            return int(float(t[:-1]) * _UNITS[t[-1]])
-        return int(t)
-    except ValueError:
+        n = int(float(t[:-1]) * _UNITS[t[-1]]) if t and t[-1] in _UNITS else int(t)
+    except (ValueError, OverflowError):  # also 'nanG' and 'infG'
         raise ValueError(f"cannot read size {s!r} (use e.g. 50G or 500M)") from None
+    if n < 0:
+        raise ValueError(f"size {s!r} is negative")
+    return n
 
 
 def format_size(n: float) -> str:

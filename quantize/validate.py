@@ -13,6 +13,7 @@ import stat
 from pathlib import Path
 
 from .errors import InputError
+from .units import format_size, parse_size
 
 
 def regular_file(path: Path, missing: str = "no such file") -> os.stat_result:
@@ -108,7 +109,7 @@ def int_arg(lo: int | None = None, hi: int | None = None):
 
 
 def float_arg(lo: float | None = None, hi: float | None = None, lo_open: bool = False):
-    """An argparse `type=` for a finite number in [lo, hi] ((lo, hi] with lo_open): NaN and inf are refused."""
+    """An argparse `type=` for a finite number in [lo, hi] ((lo, hi] with lo_open); NaN, inf refused."""
 
     def parse(text: str) -> float:
         try:
@@ -121,6 +122,22 @@ def float_arg(lo: float | None = None, hi: float | None = None, lo_open: bool = 
         return v
 
     parse.__name__ = "number"
+    return parse
+
+
+def size_arg(lo: int = 1):
+    """An argparse `type=` for a byte size as users type it (50G, 500M, 123): at least `lo` bytes."""
+
+    def parse(text: str) -> int:
+        try:
+            n = parse_size(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        if n < lo:
+            raise argparse.ArgumentTypeError(f"must be at least {format_size(lo)}, got {text!r}")
+        return n
+
+    parse.__name__ = "size"
     return parse
 
 
