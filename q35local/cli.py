@@ -50,7 +50,10 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser(argv).parse_args(argv)
+    try:
+        args = build_parser(argv).parse_args(argv)
+    except SystemExit as e:  # --help, --version or a usage error (already printed): its status
+        return e.code if isinstance(e.code, int) else 2
     try:
         return int(args.func(args) or 0)
     except InputError as e:

@@ -76,6 +76,11 @@ def add_quantize_parser(sub: argparse._SubParsersAction) -> None:
         type=size_arg(MIN_SPLIT),
         help=f"write shards of at most this size, e.g. 50G (at least {format_size(MIN_SPLIT)})",
     )
+    p.add_argument(
+        "--allow-nonfinite",
+        action="store_true",
+        help="write NaN/Inf weights as they are, with a warning and a count (default: refuse, naming it)",
+    )
     p.add_argument("--name", help="general.name in the GGUF (default: the checkpoint's name)")
     p.add_argument(
         "--threads", type=int_arg(1, MAX_THREADS), help="quantization threads (default: all cores)"
@@ -140,6 +145,7 @@ def run_quantize(args: argparse.Namespace) -> int:
         delete_shards=args.delete_shards,
         target_bytes=args.target_size,
         target_bpw=args.target_bpw,
+        allow_nonfinite=args.allow_nonfinite,
     )
     result = convert(opts, dry_run=True) if args.dry_run else _convert_with_progress(opts)
     if args.json:

@@ -19,21 +19,12 @@ import numpy as np
 
 from .checkpoint import Checkpoint, open_checkpoint
 from .errors import InputError, read_json
-from .gguf_file import (
-    KV,
-    Shard,
-    ShardWriter,
-    TensorInfo,
-    check_writable,
-    plan_shards,
-    publish,
-    read_gguf,
-    temp_path,
-)
+from .gguf_file import KV, Shard, ShardWriter, TensorInfo, discard, plan_shards, publish, read_gguf
 from .hub import looks_like_repo_id, open_hub
 from .imatrix import importance_for, load_imatrix
 from .metadata import general_kvs, hparams, sampling_kvs, size_label, tokenizer_kvs
 from .mmproj import has_vision, mmproj_metadata, plan_mmproj
+from .outputs import OutputLock, check_writable, refuse_inputs, remove
 from .plan import OutTensor, n_blocks, plan_text
 from .recipes import apply_recipe
 from .scheme import resolve as resolve_scheme
@@ -64,6 +55,7 @@ class ConvertOptions:
     revision: str | None = None  # Hub revision, when the checkpoint is a repo id
     delete_shards: bool = False  # remove each downloaded shard once its tensors are written
     name: str | None = None
+    allow_nonfinite: bool = False  # write NaN/Inf weights (a warning and a count) instead of refusing
 
 
 @dataclass
@@ -115,8 +107,10 @@ def _write_file(
     resume: bool = False,
     fingerprint: str = "",
     keep: frozenset[Path] = frozenset(),
+    nonfinite: dict[str, int] | None = None,
 ) -> int:
-    """Write (or, with resume, finish) every shard; returns how many tensors a resumed run skipped."""
+    """Write (or, with resume, finish) every shard to its temporary name and check it; returns how many
+    tensors a resumed run skipped. Publishing is the caller's, once every file of the run is here."""
     writers: list[ShardWriter] = []
     try:
         writers = [ShardWriter(s, resume, fingerprint) for s in shards]
@@ -138,7 +132,7 @@ def _write_file(
         for path, k in last.items():
             done_after.setdefault(k, []).append(path)
         # read → transform (one thread) | encode (the pool) | write (here): the three overlap
-        stream = encoded_stream(ckpt, order, pool, imatrices, done_after)
+        stream = encoded_stream(ckpt, order, pool, imatrices, done_after, nonfinite)
         chunks = groupby(stream, key=lambda kc: kc[0])
         for w in writers:
             for info in w.shard.tensors[w.done :]:
@@ -149,13 +143,6 @@ def _write_file(
             w.commit()
         for s in shards:
             verify_file(s)
-        publish(shards)
-        try:
-            verify_in_llama_cpp(shards[0])
-        except BaseException:
-            for s in shards:
-                s.path.unlink(missing_ok=True)
-            raise
         return skipped
     except KeyboardInterrupt:
         for w in writers:
@@ -186,7 +173,7 @@ def verify_in_llama_cpp(s: Shard) -> None:
 def verify_file(s: Shard) -> None:
     """Re-read a written (temporary) shard: the header must parse back to every tensor's planned name,
     type, shape and offset, and the file must be exactly as long as the layout says."""
-    path = temp_path(s.path)
+    path = s.tmp
     head, offsets = s.header()
     try:
         layout = read_gguf(path)
@@ -249,22 +236,58 @@ def convert(
                 on_plan(sum(t.nbytes for t in prep.plan + prep.mm_plan), len(prep.plan) + len(prep.mm_plan))
             fp = fingerprint(opts, ckpt)
             needed_later = frozenset(ckpt.entries[p.hf].path for t in prep.mm_plan for p in t.parts)
-            with ThreadPoolExecutor(opts.threads or os.cpu_count() or 1) as pool:
-                skipped = _write_file(
-                    ckpt,
-                    prep.shards,
-                    prep.plan,
-                    progress,
-                    pool,
-                    prep.importance,
-                    opts.resume,
-                    fp,
-                    needed_later,
-                )
-                if prep.mm_shards:
-                    skipped += _write_file(
-                        ckpt, prep.mm_shards, prep.mm_plan, progress, pool, None, opts.resume, fp
+            files = prep.shards + prep.mm_shards
+            with (
+                OutputLock([opts.output, *(s.path for s in files)]),
+                ThreadPoolExecutor(opts.threads or os.cpu_count() or 1) as pool,
+            ):
+                written: list[Shard] = []
+                nonfinite: dict[str, int] | None = {} if opts.allow_nonfinite else None
+                try:
+                    skipped = _write_file(
+                        ckpt,
+                        prep.shards,
+                        prep.plan,
+                        progress,
+                        pool,
+                        prep.importance,
+                        opts.resume,
+                        fp,
+                        needed_later,
+                        nonfinite,
                     )
+                    written += prep.shards
+                    if prep.mm_shards:
+                        skipped += _write_file(
+                            ckpt,
+                            prep.mm_shards,
+                            prep.mm_plan,
+                            progress,
+                            pool,
+                            None,
+                            opts.resume,
+                            fp,
+                            nonfinite=nonfinite,
+                        )
+                except KeyboardInterrupt:
+                    raise  # every temporary and journal stays for --resume
+                except BaseException:
+                    discard(written)
+                    raise
+                # the model and its projector appear together or not at all
+                publish(files)
+                try:
+                    verify_in_llama_cpp(prep.shards[0])
+                except BaseException:
+                    remove(s.path for s in files)
+                    raise
+            if nonfinite:
+                names = sorted(nonfinite, key=lambda n: -nonfinite[n])
+                prep.notes.append(
+                    f"warning: {sum(nonfinite.values()):,} NaN/Inf or out-of-range value(s) written as is "
+                    f"in {len(names)} tensor(s) (--allow-nonfinite): {', '.join(names[:3])}"
+                    + (", …" if len(names) > 3 else "")
+                )
             if opts.resume:
                 prep.notes.append(f"resumed: {skipped} tensor(s) were already written and checked")
         return prep.report(time.perf_counter() - t0)
@@ -341,6 +364,9 @@ def prepare(ckpt: Checkpoint, opts: ConvertOptions, check_output: bool = True) -
         mm_kvs = mmproj_metadata(ckpt, scheme.mmproj_out, name, preprocessor) + sampling_kvs(ckpt.path)
         mm_infos = [TensorInfo(t.name, t.shape, t.ggml_type) for t in mm_plan]
         mm_shards = plan_shards(mm_path, mm_kvs, mm_infos, None)
+    # (a dry run says it too: it is the plan the real run would refuse)
+    inputs = [*ckpt.shard_paths, *(p for p in (opts.recipe, opts.imatrix) if p is not None)]
+    refuse_inputs([s.path for s in shards + mm_shards], ckpt.path, inputs)
     if opts.mmproj is not None and not has_vision(ckpt):
         notes.append("the checkpoint has no vision tower: no mmproj written")
     if not opts.mtp and cfg.mtp_num_hidden_layers:

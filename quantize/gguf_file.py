@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
-import mmap
 import os
 import struct
 import zlib
@@ -24,6 +23,9 @@ from gguf import GGMLQuantizationType, GGUFValueType
 
 from .errors import InputError
 from .ggml import tensor_bytes
+from .gguf_read import ArraySummary, GGUFLayout, read_gguf  # noqa: F401 - the reading half, re-exported
+from .outputs import journal_path, leftovers, new_tag, remove, temp_path
+from .outputs import publish as outputs_publish
 
 GGUF_MAGIC = b"GGUF"
 GGUF_VERSION = 3
@@ -121,6 +123,14 @@ class Shard:
     kvs: list[KV]
     tensors: list[TensorInfo] = field(default_factory=list)
     _header: tuple[bytes, list[int]] | None = field(default=None, repr=False)
+    tag: str | None = field(default=None, repr=False)  # the writing run's mark (outputs.new_tag)
+
+    @property
+    def tmp(self) -> Path:
+        """Where the run writing this shard writes it, until publish()."""
+        if self.tag is None:
+            raise RuntimeError(f"{self.path}: no run is writing it")
+        return temp_path(self.path, self.tag)
 
     def header(self) -> tuple[bytes, list[int]]:
         """Encoded header and tensor data offsets (computed once: 250K-token vocabularies are big)."""
@@ -166,32 +176,6 @@ def plan_shards(out: Path, kvs: list[KV], tensors: list[TensorInfo], max_bytes: 
     return shards
 
 
-def temp_path(final: Path) -> Path:
-    return final.with_name(f".{final.name}.partial")
-
-
-def check_writable(path: Path) -> None:
-    """Fail before any work if the output cannot be created."""
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise InputError(path, f"output folder {parent} does not exist")
-    if path.is_dir():
-        raise InputError(path, "output path is a folder")
-    probe = path.with_name(f".{path.name}.probe-{os.getpid()}")  # not the temp name: --resume needs that
-    try:
-        with open(probe, "wb"):
-            pass
-    except OSError as e:
-        raise InputError(path, f"cannot write here: {e.strerror or e}") from None
-    finally:
-        with contextlib.suppress(OSError):
-            probe.unlink()
-
-
-def journal_path(final: Path) -> Path:
-    return final.with_name(f".{final.name}.journal")
-
-
 class ShardWriter:
     """Writes one shard to its temporary name, journaling each finished tensor (its end offset and
     CRC-32) so that an interrupted run can resume; `commit()` checks the size, `publish()` renames.
@@ -200,16 +184,23 @@ class ShardWriter:
     whose journal carries the same fingerprint (options and inputs) is continued: every journaled
     tensor's CRC is checked against the file, and writing restarts after the last good one."""
 
-    def __init__(self, shard: Shard, resume: bool = False, fingerprint: str = "") -> None:
+    def __init__(
+        self, shard: Shard, resume: bool = False, fingerprint: str = "", tag: str | None = None
+    ) -> None:
         self.shard = shard
-        self.tmp = temp_path(shard.path)
-        self.journal = journal_path(shard.path)
+        shard.tag = tag or new_tag()
+        self.tmp = shard.tmp
+        self.journal = journal_path(shard.path, shard.tag)
         head, self.offsets = shard.header()
         self.data_start = len(head)
         self.fingerprint = fingerprint
         self.resumed = 0
         self._index = 0
-        if resume and self._resume(head):
+        # The caller holds the output's lock: every other run's temporary here is a leftover.
+        earlier = leftovers(shard.path)
+        adopted = resume and any(self._adopt(tmp, journal, head) for tmp, journal in earlier)
+        remove(p for pair in earlier for p in pair)  # (an adopted pair is already renamed)
+        if adopted:
             return
         self._f = open(self.tmp, "wb")  # noqa: SIM115 - closed in commit/abort
         self._write(head)
@@ -217,14 +208,20 @@ class ShardWriter:
         self._j.write(json.dumps({"fingerprint": fingerprint}) + "\n")
         self._j.flush()
 
-    def _resume(self, head: bytes) -> bool:
-        if not (self.tmp.exists() and self.journal.exists()):
+    def _adopt(self, tmp: Path, journal: Path, head: bytes) -> bool:
+        """Continue an interrupted run's temporary file under this run's names, if it is this plan's."""
+        if not journal.exists() or not self._resume(tmp, journal, head):
             return False
+        os.replace(tmp, self.tmp)  # the open handles follow the renamed files
+        os.replace(journal, self.journal)
+        return True
+
+    def _resume(self, tmp: Path, journal: Path, head: bytes) -> bool:
         try:
-            lines = self.journal.read_text(encoding="utf-8").splitlines()
+            lines = journal.read_text(encoding="utf-8").splitlines()
             if not lines or json.loads(lines[0]).get("fingerprint") != self.fingerprint:
                 return False
-            with open(self.tmp, "rb") as f:
+            with open(tmp, "rb") as f:
                 if f.read(len(head)) != head:
                     return False
                 done, end = 0, len(head)
@@ -237,12 +234,12 @@ class ShardWriter:
                     if zlib.crc32(f.read(t.nbytes)) != rec.get("crc"):
                         break
                     done, end = done + 1, self.data_start + self.offsets[done] + t.nbytes + _pad(t.nbytes)
-        except (OSError, ValueError, IndexError, json.JSONDecodeError):
+        except (OSError, ValueError, IndexError, AttributeError, json.JSONDecodeError):
             return False
-        self._f = open(self.tmp, "r+b")  # noqa: SIM115 - closed in commit/abort
+        self._f = open(tmp, "r+b")  # noqa: SIM115 - closed in commit/abort
         self._f.truncate(end)
         self._f.seek(end)
-        self._j = open(self.journal, "w", encoding="utf-8")  # noqa: SIM115 - rewritten with the good records
+        self._j = open(journal, "w", encoding="utf-8")  # noqa: SIM115 - rewritten with the good records
         self._j.write("\n".join(lines[: done + 1]) + "\n")
         self._j.flush()
         self._index = self.resumed = done
@@ -311,101 +308,13 @@ class ShardWriter:
 
 
 def publish(shards: list[Shard]) -> None:
-    """Rename verified temporaries to their final names (last step, after every shard is complete)."""
+    """Give written (committed) shards their final names, all or none, the first shard last."""
+    outputs_publish([(s.tmp, s.path) for s in reversed(shards)])
+    remove(journal_path(s.path, s.tag) for s in shards if s.tag)
     for s in shards:
-        os.replace(temp_path(s.path), s.path)
-        journal_path(s.path).unlink(missing_ok=True)
+        s.tag = None
 
 
-@dataclass(frozen=True)
-class ArraySummary:
-    """A metadata array too long to decode when reading (vocabularies): its type and length."""
-
-    item_type: GGUFValueType
-    count: int
-
-
-@dataclass
-class GGUFLayout:
-    kv: dict[str, object]
-    tensors: list[tuple[str, tuple[int, ...], int, int]]  # name, shape (ne0 first), ggml type, offset
-    data_start: int
-
-    def get(self, key: str, default: object = None) -> object:
-        return self.kv.get(key, default)
-
-
-def read_gguf(path: Path, max_array: int = 4096) -> GGUFLayout:
-    """Parse a GGUF header fast: scalars and short arrays decoded, long arrays summarised.
-
-    gguf-py's reader decodes every vocabulary string into numpy views (seconds per 250K-token file);
-    verification and inspection only need shapes, offsets and a few keys."""
-    with open(path, "rb") as f:
-        if f.read(4) != GGUF_MAGIC:
-            raise ValueError("not a GGUF file (bad magic)")
-        # mapped, not read: only the header's pages are touched, never the tensor data
-        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    view = memoryview(mm)
-    try:
-        return _parse_header(view, max_array)
-    finally:
-        view.release()
-        mm.close()
-
-
-def _parse_header(buf: memoryview, max_array: int) -> GGUFLayout:
-    pos = 4
-
-    def u(fmt: str) -> int:
-        nonlocal pos
-        v = struct.unpack_from(fmt, buf, pos)[0]
-        pos += struct.calcsize(fmt)
-        return v
-
-    def string() -> str:
-        nonlocal pos
-        n = u("<Q")
-        s = bytes(buf[pos : pos + n]).decode("utf-8", errors="replace")
-        pos += n
-        return s
-
-    def value(vt: GGUFValueType) -> object:
-        nonlocal pos
-        if vt == GGUFValueType.STRING:
-            return string()
-        if vt == GGUFValueType.ARRAY:
-            it = GGUFValueType(u("<I"))
-            n = u("<Q")
-            if n > max_array:
-                if it == GGUFValueType.STRING:
-                    for _ in range(n):
-                        ln = u("<Q")
-                        pos += ln
-                elif it == GGUFValueType.ARRAY:
-                    raise ValueError("nested arrays are not supported")
-                else:
-                    pos += n * struct.calcsize(_SCALAR[it])
-                return ArraySummary(it, n)
-            return [value(it) for _ in range(n)]
-        return u(_SCALAR[vt])
-
-    version = u("<I")
-    if version not in (2, 3):
-        raise ValueError(f"unsupported GGUF version {version}")
-    n_tensors, n_kv = u("<Q"), u("<Q")
-    kv: dict[str, object] = {}
-    for _ in range(n_kv):
-        key = string()
-        kv[key] = value(GGUFValueType(u("<I")))
-    tensors = []
-    for _ in range(n_tensors):
-        name = string()
-        nd = u("<I")
-        shape = tuple(int(x) for x in struct.unpack_from(f"<{nd}Q", buf, pos))
-        pos += 8 * nd
-        ty = u("<I")
-        off = u("<Q")
-        tensors.append((name, shape, ty, off))
-    alignment = int(kv.get("general.alignment", ALIGNMENT))  # type: ignore[arg-type]
-    start = pos + (alignment - pos % alignment) % alignment
-    return GGUFLayout(kv, tensors, start)
+def discard(shards: list[Shard]) -> None:
+    """Remove what the run writing these shards left at their temporary names (and its journals)."""
+    remove(p for s in shards if s.tag for p in (s.tmp, journal_path(s.path, s.tag)))

@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
+from gguf import GGMLQuantizationType as GGMLType
 
 from .checkpoint import Checkpoint
 from .dtypes import fp8_block_dequant, to_f32
+from .errors import InputError
 from .ggml import encode_async
 from .plan import OutTensor
 from .tensor_map import apply_elementwise
@@ -40,9 +42,11 @@ def _rows_f32(ckpt: Checkpoint, hf: str, rows: np.ndarray | slice) -> np.ndarray
 
 
 def tensor_rows(
-    ckpt: Checkpoint, t: OutTensor, chunk_elems: int | None = None
+    ckpt: Checkpoint, t: OutTensor, chunk_elems: int | None = None, nonfinite: dict[str, int] | None = None
 ) -> Iterator[tuple[int, np.ndarray]]:
-    """(part index, float32 rows [k, n_per_row]) in output order, transformed."""
+    """(part index, float32 rows [k, n_per_row]) in output order, transformed and checked finite (and,
+    for an F16 output, within its range): an InputError names the first tensor that is not, unless
+    `nonfinite` is given, which then counts such values per output tensor."""
     chunk_elems = chunk_elems or CHUNK_ELEMS
     tf = t.transform
     for pi, part in enumerate(t.parts):
@@ -64,9 +68,31 @@ def tensor_rows(
             if tf.col_perm is not None:
                 x = x[:, tf.col_perm]
             x = apply_elementwise(x, tf.elementwise)
+            _check_finite(x, t, part.hf, e.path, nonfinite)
             yield pi, np.ascontiguousarray(x, dtype=np.float32)
         if part.rows is not None:  # permuted or gathered rows: drop the tensor's pages once done
             ckpt.shards.drop(part.hf, int(part.rows.min()), int(part.rows.max()) + 1)
+
+
+F16_MAX = 65504.0
+
+
+def _check_finite(x: np.ndarray, t: OutTensor, hf: str, path: Path, counts: dict[str, int] | None) -> None:
+    """NaN or Inf in a weight is a damaged checkpoint, and quantizing hides it (ggml turns a NaN block
+    into zeros, an Inf one into NaNs); so is a value past F16's range when F16 is what gets written."""
+    with np.errstate(invalid="ignore"):
+        bad = x.size - int(np.count_nonzero(np.isfinite(x)))
+        over = int(np.count_nonzero(np.abs(x) > F16_MAX)) - bad if t.ggml_type == GGMLType.F16 else 0
+    if not (bad or over):
+        return
+    if counts is not None:
+        counts[t.name] = counts.get(t.name, 0) + bad + over
+        return
+    what = f"{bad:,} NaN/Inf value(s)" if bad else f"{over:,} value(s) beyond F16's range (±{F16_MAX:g})"
+    raise InputError(
+        path,
+        f"tensor {hf!r} holds {what} (in {t.name}): not written (--allow-nonfinite writes it anyway)",
+    )
 
 
 def encoded_stream(
@@ -75,6 +101,7 @@ def encoded_stream(
     pool: ThreadPoolExecutor | None = None,
     imatrices: list[np.ndarray | None] | None = None,
     done_after: dict[int, list[Path]] | None = None,
+    nonfinite: dict[str, int] | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """(tensor index, encoded bytes) for every chunk of every tensor, in order. After tensor k has
     been read, the shards in done_after[k] are released (and, from the Hub, maybe deleted).
@@ -85,7 +112,7 @@ def encoded_stream(
 
     def rows() -> Iterator[tuple[int, int, np.ndarray]]:
         for k, t in enumerate(tensors):
-            for pi, r in tensor_rows(ckpt, t):
+            for pi, r in tensor_rows(ckpt, t, nonfinite=nonfinite):
                 yield k, pi, r
             for path in (done_after or {}).get(k, []):
                 ckpt.done_with(path)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import resource
 import shutil
 import signal
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -185,5 +187,182 @@ def test_interrupt_leaves_nothing(ckpt: Path, tmp_path: Path) -> None:
 
     with pytest.raises(KeyboardInterrupt):
         convert(ConvertOptions(checkpoint=ckpt, output=out, quant=OutType.F16), progress)
-    # nothing under OUT's name; only the hidden partial file and its journal, for --resume
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.gguf.journal", ".out.gguf.partial", "ckpt"]
+    # nothing under OUT's name (and no lock left); only this run's hidden partial file and its
+    # journal, for --resume
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert len(left) == 3 and left[2] == "ckpt", left
+    assert re.fullmatch(r"\.out\.gguf\.(\d+-[0-9a-f]{6})\.journal", left[0]), left
+    assert left[1] == left[0].removesuffix(".journal") + ".partial"
+
+
+# --- outputs: never an input, never shared, published together --------------------------------
+
+
+def _digest(folder: Path) -> dict[str, bytes]:
+    import hashlib
+
+    return {p.name: hashlib.sha256(p.read_bytes()).digest() for p in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize("where", ["shard", "inside", "link", "mmproj"])
+def test_output_onto_an_input_is_refused(ckpt: Path, tmp_path: Path, capsys, where: str) -> None:
+    shard = _shards(ckpt)[-1]
+    before = _digest(ckpt)
+    extra: list[str] = []
+    if where == "shard":
+        out = shard
+    elif where == "inside":
+        out = ckpt / "model.gguf"
+    elif where == "link":  # another name for the shard: a symlink outside the folder
+        out = tmp_path / "elsewhere.gguf"
+        out.symlink_to(shard)
+    else:
+        out = tmp_path / "out.gguf"
+        extra = ["--mmproj", str(shard)]
+    rc = main(["quantize", str(ckpt), "-o", str(out), "--quant", "Q8_0", *extra])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and err.count("\n") == 0 and err.startswith("q35: error: "), err
+    assert ("is an input" in err) if where != "inside" else ("inside the checkpoint folder" in err), err
+    assert _digest(ckpt) == before  # the checkpoint is untouched
+    assert not (tmp_path / "out.gguf").exists()
+
+
+def test_hard_link_to_an_input_is_refused(ckpt: Path, tmp_path: Path, capsys) -> None:
+    shard = _shards(ckpt)[0]
+    out = tmp_path / "hard.gguf"
+    os.link(shard, out)
+    before = shard.read_bytes()
+    assert main(["quantize", str(ckpt), "-o", str(out)]) == 1
+    assert "is an input" in capsys.readouterr().err
+    assert shard.read_bytes() == before
+
+
+def test_second_run_to_the_same_output_is_told_who_holds_it(
+    small_moe_ckpt: Path, tmp_path: Path, capsys
+) -> None:
+    from conftest import gguf_for
+
+    out = tmp_path / "m.gguf"
+    cmd = [sys.executable, "-m", "q35local.cli", "quantize", str(small_moe_ckpt), "-o", str(out)]
+    first = subprocess.Popen(
+        [*cmd, "--quant", "Q3_K_XL", "--threads", "1"], stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.time() + 120
+        while (
+            time.time() < deadline and first.poll() is None and not list(tmp_path.glob(".m.gguf.*.journal"))
+        ):
+            time.sleep(0.05)
+        assert first.poll() is None, "the first run ended before the second started"
+        rc = main(["quantize", str(small_moe_ckpt), "-o", str(out), "--quant", "Q3_K_XL"])
+        err = capsys.readouterr().err.strip()
+        assert rc == 1 and err.count("\n") == 0, err
+        assert f"being written by another q35 run (pid {first.pid}" in err, err
+    finally:
+        _, first_err = first.communicate(timeout=300)
+    assert first.returncode == 0, first_err
+    # the first run was not disturbed: its file is the reference conversion, and nothing is left over
+    assert out.read_bytes() == gguf_for(small_moe_ckpt, "Q3_K_XL").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf"]
+
+
+def test_failure_in_the_mmproj_leaves_no_model(ckpt: Path, tmp_path: Path) -> None:
+    """The model is complete when the projector fails: neither may appear."""
+    from quantize.convert import ConvertOptions, convert
+
+    out = tmp_path / "out.gguf"
+
+    def progress(n: int, done: bool, name: str) -> None:
+        if name.startswith("v."):  # the projector's tensors come after every model tensor
+            raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        convert(ConvertOptions(checkpoint=ckpt, output=out, quant="Q8_0"), progress)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+# --- config.json: ranges and types, named --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("edit", "field"),
+    [
+        ({"num_hidden_layers": 1_000_000_000}, "num_hidden_layers"),  # no layer_types: a list of 1e9
+        ({"num_attention_heads": 0, "head_dim": 16}, "num_attention_heads"),
+        ({"full_attention_interval": 0}, "full_attention_interval"),
+        ({"hidden_size": "64"}, "hidden_size"),
+        ({"rms_norm_eps": -1.0}, "rms_norm_eps"),
+        ({"num_experts_per_tok": 1000}, "num_experts_per_tok"),
+        ({"vocab_size": True}, "vocab_size"),
+    ],
+)
+def test_config_values_out_of_range(ckpt: Path, tmp_path: Path, capsys, edit: dict, field: str) -> None:
+    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg["text_config"].pop("layer_types", None)
+    cfg["text_config"].update(edit)
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    for extra in (["--dry-run"], []):
+        err = _run(ckpt, tmp_path / "out.gguf", capsys, *extra)
+        assert "config.json" in err and f"text_config.{field}" in err, err
+    rc = main(["fit", str(ckpt)])  # the planner reads the same config
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and f"text_config.{field}" in err and err.count("\n") == 0, err
+
+
+def test_config_nested_too_deeply(ckpt: Path, tmp_path: Path, capsys) -> None:
+    (ckpt / "config.json").write_text('{"a":' * 100_000 + "1" + "}" * 100_000)
+    err = _run(ckpt, tmp_path / "out.gguf", capsys)
+    assert "config.json" in err and "nested too deeply" in err
+
+
+@pytest.mark.parametrize("victim", ["shard", "config.json", "index"])
+def test_fifo_where_a_file_should_be(ckpt: Path, tmp_path: Path, capsys, victim: str) -> None:
+    path = {
+        "shard": _shards(ckpt)[0],
+        "config.json": ckpt / "config.json",
+        "index": ckpt / "model.safetensors.index.json",
+    }[victim]
+    path.unlink()
+    os.mkfifo(path)  # opening it for reading would block until a writer comes: never
+    err = _run(ckpt, tmp_path / "out.gguf", capsys)
+    assert str(path) in err and "not a regular file (a FIFO)" in err, err
+
+
+# --- weights: NaN and Inf are a damaged checkpoint ---------------------------------------------
+
+
+def _poison(ckpt: Path, value: float) -> str:
+    """Put `value` into the first element of an F32/BF16 matrix of the last shard; returns its name."""
+    shard = _shards(ckpt)[-1]
+    raw = bytearray(shard.read_bytes())
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    name, info = next(
+        (k, v)
+        for k, v in sorted(header.items())
+        if k.endswith("proj.weight") and v["dtype"] in ("BF16", "F32")
+    )
+    at = 8 + n + info["data_offsets"][0]
+    if info["dtype"] == "F32":
+        raw[at : at + 4] = struct.pack("<f", value)
+    else:  # BF16: the high half of the float32
+        raw[at : at + 2] = struct.pack("<f", value)[2:]
+    shard.write_bytes(bytes(raw))
+    return name
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_nonfinite_weight_is_refused(ckpt: Path, tmp_path: Path, capsys, value: float) -> None:
+    name = _poison(ckpt, value)
+    err = _run(ckpt, tmp_path / "out.gguf", capsys, "--quant", "Q4_K_M")
+    assert name in err and "NaN/Inf" in err and "--allow-nonfinite" in err, err
+
+
+def test_nonfinite_weight_allowed_is_counted(ckpt: Path, tmp_path: Path, capsys) -> None:
+    name = _poison(ckpt, float("nan"))
+    out = tmp_path / "out.gguf"
+    assert main(["quantize", str(ckpt), "-o", str(out), "--quant", "F32", "--allow-nonfinite", "--json"]) == 0
+    notes = json.loads(capsys.readouterr().out)["notes"]
+    warn = next(n for n in notes if n.startswith("warning:"))
+    assert "1 NaN/Inf" in warn and "(--allow-nonfinite)" in warn, warn
+    assert out.exists() and name

@@ -36,7 +36,10 @@ def test_resume_after_ctrl_c(small_moe_ckpt: Path, tmp_path: Path) -> None:
 
 def test_resume_after_kill(small_moe_ckpt: Path, tmp_path: Path) -> None:
     out = tmp_path / "m.gguf"
-    journal = tmp_path / ".m.gguf.journal"
+
+    def journal() -> Path | None:  # the run's temporary names carry its own mark
+        return next(tmp_path.glob(".m.gguf.*.journal"), None)
+
     cmd = [
         sys.executable,
         "-m",
@@ -53,7 +56,8 @@ def test_resume_after_kill(small_moe_ckpt: Path, tmp_path: Path) -> None:
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
-        if journal.exists() and len(journal.read_text().splitlines()) > 12:
+        j = journal()
+        if j is not None and len(j.read_text().splitlines()) > 12:
             break
         time.sleep(0.05)
     assert proc.poll() is None, "the run finished before it could be killed"
@@ -61,12 +65,15 @@ def test_resume_after_kill(small_moe_ckpt: Path, tmp_path: Path) -> None:
     proc.wait()
     assert not out.exists()
     # a damaged tail (a kill mid-write) is detected by the CRCs and rewritten
-    with open(tmp_path / ".m.gguf.partial", "r+b") as f:
+    partial = next(tmp_path.glob(".m.gguf.*.partial"))
+    assert (tmp_path / ".m.gguf.lock").exists()  # the killed run's lock file: no longer locked
+    with open(partial, "r+b") as f:
         f.seek(0, 2)
         f.seek(f.tell() - 100)
         f.write(b"\xff" * 100)
     subprocess.run([*cmd, "--resume"], check=True, stdout=subprocess.DEVNULL)
     assert out.read_bytes() == gguf_for(small_moe_ckpt, "Q3_K_XL").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf"]  # no temporary, journal or lock
 
 
 def test_resume_with_other_options_starts_over(small_moe_ckpt: Path, tmp_path: Path) -> None:
