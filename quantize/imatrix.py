@@ -15,6 +15,7 @@ from .errors import InputError
 from .ggml import requires_imatrix
 from .gguf_file import read_gguf
 from .plan import OutTensor
+from .validate import regular_file
 
 
 @dataclass
@@ -99,8 +100,7 @@ def _load_legacy(path: Path) -> Imatrix:
 
 
 def load_imatrix(path: Path) -> Imatrix:
-    if not path.is_file():
-        raise InputError(path, "no such imatrix file")
+    regular_file(path, "no such imatrix file")
     with open(path, "rb") as f:
         magic = f.read(4)
     try:
@@ -110,6 +110,8 @@ def load_imatrix(path: Path) -> Imatrix:
     for name, imp in im.importance.items():
         if not np.isfinite(imp).all():
             raise InputError(path, f"imatrix entry {name} has non-finite values")
+        if (imp < 0).any():  # sums of squares: a negative one is a damaged file
+            raise InputError(path, f"imatrix entry {name} has negative values")
     return im
 
 

@@ -17,6 +17,7 @@ from .config import Qwen35Config
 from .errors import InputError, read_json
 from .gguf_file import KV, Encoded, _value
 from .usercache import cache_dir, write_atomically
+from .validate import number
 
 # llama.cpp token types
 NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
@@ -141,22 +142,24 @@ def _tokenizer_kvs(ckpt: Path, vocab_size: int) -> list[KV]:
     tj_path = ckpt / "tokenizer.json"
     tj = _read_json(tj_path)
     tc = _read_json(ckpt / "tokenizer_config.json") if (ckpt / "tokenizer_config.json").exists() else {}
-    try:
-        model = tj["model"]
-        vocab: dict[str, int] = model["vocab"]
-        raw_merges = model.get("merges", [])
-        added = {int(t["id"]): t for t in tj.get("added_tokens", [])}
-    except (KeyError, TypeError, ValueError) as e:
-        raise InputError(tj_path, f"not a BPE tokenizer.json ({e})") from None
+    model = tj.get("model")
+    if not isinstance(model, dict) or not isinstance(model.get("vocab"), dict):
+        raise InputError(tj_path, "not a BPE tokenizer.json (no model.vocab object)")
     if model.get("type") != "BPE":
         raise InputError(tj_path, f"tokenizer model {model.get('type')!r} is not BPE")
-    by_id: dict[int, str] = {i: s for s, i in vocab.items()}
+    vocab: dict[str, int] = model["vocab"]
+    raw_merges = model.get("merges", [])
+    added = _added_tokens(tj_path, tj.get("added_tokens", []), vocab_size)
+    by_id: dict[int, str] = {}
+    for s, i in vocab.items():
+        by_id[_token_id(tj_path, f"model.vocab[{s!r}]", i, vocab_size)] = s
     for i, t in added.items():
         by_id[i] = t["content"]
-    if by_id and max(by_id) >= vocab_size:
-        raise InputError(
-            tj_path, f"token id {max(by_id)} does not fit vocab_size {vocab_size} of config.json"
-        )
+    if not isinstance(raw_merges, list) or not all(
+        isinstance(m, str) or (isinstance(m, list) and len(m) == 2 and all(isinstance(x, str) for x in m))
+        for m in raw_merges
+    ):
+        raise InputError(tj_path, "model.merges: expected a list of 'a b' strings or [a, b] pairs")
     tokens, types = [], []
     for i in range(vocab_size):
         s = by_id.get(i)
@@ -204,21 +207,45 @@ def _tokenizer_kvs(ckpt: Path, vocab_size: int) -> list[KV]:
     return kv
 
 
+def _token_id(path: Path, field: str, value: object, vocab_size: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InputError(path, f"{field}: expected a token id, got {value!r}")
+    if value >= vocab_size:
+        raise InputError(
+            path, f"{field}: token id {value} does not fit vocab_size {vocab_size} of config.json"
+        )
+    return value
+
+
+def _added_tokens(path: Path, raw: object, vocab_size: int) -> dict[int, dict]:
+    if not isinstance(raw, list):
+        raise InputError(path, "added_tokens: expected a list")
+    out = {}
+    for k, t in enumerate(raw):
+        if not isinstance(t, dict) or not isinstance(t.get("content"), str):
+            raise InputError(path, f"added_tokens[{k}]: expected an object with a string 'content'")
+        out[_token_id(path, f"added_tokens[{k}].id", t.get("id"), vocab_size)] = t
+    return out
+
+
 def sampling_kvs(ckpt: Path) -> list[KV]:
     """general.sampling.* from generation_config.json: the model's recommended sampler defaults."""
     path = ckpt / "generation_config.json"
     if not path.exists():
         return []
     gen = _read_json(path)
+    # (field, GGUF key, type, range): a value outside it would be written as the model's advice
     keys = (
-        ("top_k", "general.sampling.top_k", V.INT32, int),
-        ("top_p", "general.sampling.top_p", V.FLOAT32, float),
-        ("temperature", "general.sampling.temp", V.FLOAT32, float),
+        ("top_k", "general.sampling.top_k", V.INT32, (0, 1 << 24)),
+        ("top_p", "general.sampling.top_p", V.FLOAT32, (0.0, 1.0)),
+        ("temperature", "general.sampling.temp", V.FLOAT32, (0.0, 100.0)),
     )
     out = []
-    for src, key, vt, cast in keys:
-        if isinstance(gen.get(src), (int, float)):
-            out.append(KV(key, vt, cast(gen[src])))
+    for src, key, vt, (lo, hi) in keys:
+        if gen.get(src) is None:
+            continue
+        v = number(gen[src], src, lo=lo, hi=hi, integer=vt == V.INT32, where=path)
+        out.append(KV(key, vt, int(v) if vt == V.INT32 else float(v)))
     return out
 
 

@@ -19,6 +19,7 @@ from gguf import GGMLQuantizationType as T
 
 from .errors import InputError
 from .plan import FTYPES, OutTensor, always_f32
+from .validate import number, read_text
 
 RECIPE_DIR = Path(str(files("q35local.assets"))) / "recipes"
 
@@ -83,13 +84,16 @@ def parse_type(name: str) -> T:
         raise ValueError(f"unknown ggml type {name!r}") from None
 
 
+def _first_line(e: BaseException) -> str:
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
 def load_recipe(path: Path) -> Recipe:
+    text = read_text(path, "no such recipe file", limit=1 << 20)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(path, "no such recipe file") from None
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise InputError(path, f"cannot parse recipe ({e})") from None
+        data = tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, RecursionError) as e:
+        raise InputError(path, f"cannot parse recipe ({_first_line(e)})") from None
     raw_rules = data.get("rule")
     if not isinstance(raw_rules, list) or not raw_rules:
         raise InputError(path, "a recipe needs at least one [[rule]]")
@@ -130,7 +134,7 @@ def load_recipe(path: Path) -> Recipe:
         raise InputError(path, f"file_type {ft!r} is not one of {', '.join(FTYPES)}")
     return Recipe(
         str(data.get("name", path.stem)),
-        int(data.get("version", 1)),
+        int(number(data.get("version", 1), "version", lo=1, hi=1 << 31, integer=True, where=path)),
         str(data.get("description", "")),
         tuple(rules),
         path,
