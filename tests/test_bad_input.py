@@ -366,3 +366,38 @@ def test_nonfinite_weight_allowed_is_counted(ckpt: Path, tmp_path: Path, capsys)
     warn = next(n for n in notes if n.startswith("warning:"))
     assert "1 NaN/Inf" in warn and "(--allow-nonfinite)" in warn, warn
     assert out.exists() and name
+
+
+# --- the other files of a checkpoint ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("file", "edit", "says"),
+    [
+        ("generation_config.json", {"temperature": "hot"}, "temperature: expected a number"),
+        ("generation_config.json", {"top_k": 1e30}, "top_k: must be ≤"),
+        ("generation_config.json", {"top_p": -0.5}, "top_p: must be ≥ 0"),
+        ("tokenizer.json", {"added_tokens": [{"id": "7", "content": "<x>"}]}, "added_tokens[0].id"),
+        ("tokenizer.json", {"added_tokens": [{"id": 10**9, "content": "<x>"}]}, "does not fit vocab_size"),
+        ("tokenizer.json", {"model": {"type": "BPE", "vocab": {"a": -1}}}, "model.vocab['a']"),
+        ("tokenizer.json", {"model": {"type": "BPE", "vocab": {}, "merges": [7]}}, "model.merges"),
+    ],
+)
+def test_checkpoint_json_fields(ckpt: Path, tmp_path: Path, capsys, file: str, edit: dict, says: str) -> None:
+    path = ckpt / file
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data.update(edit)
+    path.write_text(json.dumps(data))
+    err = _run(ckpt, tmp_path / "out.gguf", capsys)
+    assert file in err and says in err, err
+
+
+def test_recipe_fifo_and_bad_version(ckpt: Path, tmp_path: Path, capsys) -> None:
+    fifo = tmp_path / "recipe.toml"
+    os.mkfifo(fifo)
+    err = _run(ckpt, tmp_path / "out.gguf", capsys, "--recipe", str(fifo))
+    assert "recipe.toml" in err and "FIFO" in err
+    fifo.unlink()
+    fifo.write_text('version = "two"\n[[rule]]\nmatch = ".*"\ntype = "Q8_0"\n')
+    err = _run(ckpt, tmp_path / "out.gguf", capsys, "--recipe", str(fifo))
+    assert "version: expected a number" in err, err
