@@ -45,6 +45,7 @@ bench: setup
 	$(BIN)/python -m bench.dryrun
 	$(BIN)/python -m bench.runtime
 	$(BIN)/python -m bench.cpubuild
+	$(BIN)/python -m bench.checks
 
 # slow (tens of minutes on 2 cores): the README's quality table
 bench-quality: setup
