@@ -98,7 +98,7 @@ def add_make_tiny_parser(sub: argparse._SubParsersAction) -> None:
     from .synth import PRESETS
 
     p = sub.add_parser("make-tiny", help="generate a small random Qwen 3.5 checkpoint (tests, demos)")
-    p.add_argument("output", type=Path, help="folder to write (replaced if it exists)")
+    p.add_argument("output", type=Path, help="folder to write (an earlier generated one there is replaced)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--moe", dest="preset", action="store_const", const="tiny-moe", help="MoE (default)")
     g.add_argument("--dense", dest="preset", action="store_const", const="tiny-dense", help="dense")

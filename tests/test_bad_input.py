@@ -401,3 +401,20 @@ def test_recipe_fifo_and_bad_version(ckpt: Path, tmp_path: Path, capsys) -> None
     fifo.write_text('version = "two"\n[[rule]]\nmatch = ".*"\ntype = "Q8_0"\n')
     err = _run(ckpt, tmp_path / "out.gguf", capsys, "--recipe", str(fifo))
     assert "version: expected a number" in err, err
+
+
+def test_make_tiny_never_replaces_a_real_checkpoint(ckpt: Path, tmp_path: Path, capsys) -> None:
+    (ckpt / "q35-synth.json").unlink()  # now it could be anybody's checkpoint
+    before = _digest(ckpt)
+    assert main(["make-tiny", str(ckpt)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert str(ckpt) in err and "not a generated checkpoint" in err and err.count("\n") == 0
+    assert _digest(ckpt) == before
+    # a file, too, stays; a generated folder is replaced, and no temporary is left beside it
+    (tmp_path / "file").write_text("mine")
+    assert main(["make-tiny", str(tmp_path / "file")]) == 1
+    assert (tmp_path / "file").read_text() == "mine"
+    capsys.readouterr()
+    assert main(["make-tiny", str(tmp_path / "gen"), "--dense", "--no-vision"]) == 0
+    assert main(["make-tiny", str(tmp_path / "gen"), "--dense", "--no-vision"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "file", "gen"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import zlib
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..dtypes import f32_to_bf16_bits, f32_to_e4m3fn
+from ..errors import InputError
 from ..safetensors_write import write_safetensors
 from . import tokenizer as tok
 
@@ -424,11 +426,44 @@ def shard_groups(spec: SynthSpec) -> list[list[tuple[str, tuple[int, ...], str]]
 
 
 def write_checkpoint(out: str | Path, spec: SynthSpec) -> Path:
-    """Write a complete checkpoint folder; returns its path. Existing contents are replaced."""
-    out = Path(out)
+    """Write a complete checkpoint folder; returns its path.
+
+    An existing folder is replaced only if it is empty or one this function wrote (it holds
+    MARKER): anything else may be a real checkpoint. The folder is built under a temporary name
+    and renamed into place, so an interrupted run never leaves one that looks complete."""
+    final = Path(out)
+    _check_replaceable(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    out = final.with_name(f".{final.name}.{os.getpid()}.partial")
     if out.exists():
         shutil.rmtree(out)
-    out.mkdir(parents=True)
+    out.mkdir()
+    try:
+        _write_files(out, spec)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(out, final)
+    return final
+
+
+MARKER = "q35-synth.json"  # what a generated checkpoint is recognised by
+
+
+def _check_replaceable(folder: Path) -> None:
+    if not folder.exists() and not folder.is_symlink():
+        return
+    if not folder.is_dir() or folder.is_symlink():
+        raise InputError(folder, "exists and is not a folder: refusing to replace it")
+    if any(folder.iterdir()) and not (folder / MARKER).is_file():
+        raise InputError(
+            folder, f"exists and is not a generated checkpoint (no {MARKER}): refusing to replace it"
+        )
+
+
+def _write_files(out: Path, spec: SynthSpec) -> None:
     groups = shard_groups(spec)
     n = len(groups)
     weight_map: dict[str, str] = {}
@@ -481,8 +516,7 @@ def write_checkpoint(out: str | Path, spec: SynthSpec) -> Path:
                 indent=2,
             )
         )
-    (out / "q35-synth.json").write_text(json.dumps(asdict(spec), indent=2))
-    return out
+    (out / MARKER).write_text(json.dumps(asdict(spec), indent=2))
 
 
 def _write_tokenizer(out: Path) -> None:
