@@ -47,7 +47,8 @@ def refuse_inputs(outputs: Iterable[Path], folder: Path, inputs: Iterable[Path])
         target = out.resolve()  # follows links, the output's own included when it exists
         for given, real in ins:
             if target == real or (out.exists() and real.exists() and os.path.samefile(out, real)):
-                raise InputError(out, f"is an input of this run ({given}): writing it would destroy it")
+                alias = "" if given == out else f" ({given})"
+                raise InputError(out, f"is an input of this run{alias}: writing it would destroy it")
         if target == root or root in target.parents:
             raise InputError(out, f"is inside the checkpoint folder {folder}, an input: write it elsewhere")
 
