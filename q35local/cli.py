@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
 import sys
 from typing import NoReturn
 
@@ -59,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as e:
         print(f"q35: error: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `q35 fit --json | head`: the reader left; say nothing more
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit's flush
+        return 141  # what a shell reports for a command ended by SIGPIPE
     except KeyboardInterrupt:
         print(
             "q35: interrupted; nothing was written under the output's name "

@@ -418,3 +418,15 @@ def test_make_tiny_never_replaces_a_real_checkpoint(ckpt: Path, tmp_path: Path, 
     assert main(["make-tiny", str(tmp_path / "gen"), "--dense", "--no-vision"]) == 0
     assert main(["make-tiny", str(tmp_path / "gen"), "--dense", "--no-vision"]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "file", "gen"]
+
+
+def test_reader_gone_is_no_traceback(moe_ckpt: Path, tmp_path: Path) -> None:
+    """`q35 quantize --dry-run --json | head -0`: the pipe's reader has left before the output."""
+    r, w = os.pipe()
+    os.close(r)
+    cmd = [sys.executable, "-m", "q35local.cli", "quantize", str(moe_ckpt), "-o", str(tmp_path / "o.gguf")]
+    proc = subprocess.run(
+        [*cmd, "--dry-run", "--json"], stdout=w, stderr=subprocess.PIPE, text=True, timeout=120
+    )
+    os.close(w)
+    assert proc.returncode == 141 and proc.stderr == "", proc.stderr
