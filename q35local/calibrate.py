@@ -11,7 +11,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-from quantize.errors import InputError
+from quantize.errors import InputError, read_json
+from quantize.usercache import write_atomically
+from quantize.validate import number
 
 from .hardware import Hardware
 from .modelprofile import ModelProfile
@@ -29,23 +31,25 @@ def _key(hw: Hardware) -> str:
 
 def measure(model: Path, plan: Plan, n_gen: int = 64) -> tuple[float, float]:
     """(decode t/s, prefill t/s) of the real model here, loaded with the plan's layout."""
-    from .engine import LlamaEngine
+    from .engine import EngineError, LlamaEngine
 
-    eng = LlamaEngine(model, n_ctx=1024, plan=plan)
     try:
-        list(eng.generate(PROMPT, sampling=Sampling(temperature=0.0, max_tokens=8)))
-        pre = eng.last_stats.prefill_tps
-        eng.reset()
-        list(
-            eng.generate(
-                "<|im_start|>user\nTell me a story.<|im_end|>\n<|im_start|>assistant\n",
-                sampling=Sampling(temperature=1.0, top_k=0, top_p=1.0, max_tokens=n_gen, seed=7),
+        eng = LlamaEngine(model, n_ctx=1024, plan=plan)
+        try:
+            list(eng.generate(PROMPT, sampling=Sampling(temperature=0.0, max_tokens=8)))
+            pre = eng.last_stats.prefill_tps
+            eng.reset()
+            list(
+                eng.generate(
+                    "<|im_start|>user\nTell me a story.<|im_end|>\n<|im_start|>assistant\n",
+                    sampling=Sampling(temperature=1.0, top_k=0, top_p=1.0, max_tokens=n_gen, seed=7),
+                )
             )
-        )
-        st = eng.last_stats
-        return st.decode_tps, pre
-    finally:
-        eng.close()
+            return eng.last_stats.decode_tps, pre
+        finally:
+            eng.close()
+    except EngineError as e:  # llama.cpp could not make the context, or evaluate the prompt
+        raise InputError(model, f"calibration failed: {e}") from None
 
 
 def calibrate(
@@ -55,18 +59,21 @@ def calibrate(
         raise InputError(model, "--calibrate runs the model: give a GGUF file")
     est = estimate(m, hw, plan)
     dec, pre = measure(model, plan)
+    if not (dec > 0 and pre > 0 and est.decode_tps > 0 and est.prefill_tps > 0):
+        raise InputError(
+            model, f"calibration measured nothing usable (decode {dec:.2f} t/s, prefill {pre:.2f} t/s)"
+        )
     factors = {"decode": dec / est.decode_tps, "prefill": pre / est.prefill_tps}
     path = calibration_path()
-    data = {}
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        data = {}
-    data.setdefault("machines", {})[_key(hw)] = factors
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)
+        data = _read_cache(path) or {"machines": {}}
+    except InputError:
+        data = {"machines": {}}  # a damaged cache is replaced: this run measures anew
+    data["machines"][_key(hw)] = factors
+    try:
+        write_atomically(path, json.dumps(data, indent=1).encode())
+    except OSError as e:
+        raise InputError(path, f"cannot save the calibration: {e.strerror or e}") from None
     if console:
         console.print(
             f"Calibrated: decode {dec:.1f} t/s measured vs {est.decode_tps:.1f} estimated, "
@@ -75,11 +82,35 @@ def calibrate(
     return factors
 
 
-def load_factors(hw: Hardware) -> dict[str, float] | None:
-    try:
-        return json.loads(calibration_path().read_text())["machines"][_key(hw)]
-    except (OSError, ValueError, KeyError, TypeError):
+FACTOR = (0.0, 1000.0)  # measured / estimated: past these the estimate or the measurement is broken
+
+
+def _read_cache(path: Path) -> dict | None:
+    """The calibration cache, {"machines": {KEY: {"decode": x, "prefill": y}}}, every value checked;
+    None if there is none yet. A damaged one is an InputError that says how to mend it."""
+    if not path.exists():
         return None
+    fix = "; delete it, or run q35 fit --calibrate to measure again"
+    try:
+        data = read_json(path, "no calibration cache", limit=1 << 20)
+        machines = data.get("machines", {})
+        if not isinstance(machines, dict):
+            raise InputError(path, f"machines: expected an object, got {type(machines).__name__}")
+        for key, f in machines.items():
+            where = f"machines[{key!r:.60}]"
+            if not isinstance(f, dict) or set(f) != {"decode", "prefill"}:
+                raise InputError(path, f"{where}: expected decode and prefill factors")
+            for k in ("decode", "prefill"):
+                number(f[k], f"{where}.{k}", lo=FACTOR[0], hi=FACTOR[1], lo_open=True, where=path)
+    except InputError as e:
+        raise InputError(path, e.problem + fix) from None
+    return {"machines": machines}
+
+
+def load_factors(hw: Hardware) -> dict[str, float] | None:
+    """This machine's calibration factors, or None if it was never calibrated."""
+    data = _read_cache(calibration_path())
+    return None if data is None else data["machines"].get(_key(hw))
 
 
 def allocations(model: Path, plan: Plan, n_ctx: int) -> dict[str, float]:

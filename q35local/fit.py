@@ -14,8 +14,11 @@ from rich.console import Console
 from rich.table import Table
 
 from quantize.errors import InputError
+from quantize.gguf_read import read_gguf
+from quantize.validate import float_arg, int_arg
 
 from .hardware import PROFILES, GiB, Hardware, resolve_hardware
+from .limits import CTX, DEFAULT_CTX, MARGIN_GIB, PARALLEL, check_ctx, quant_arg
 from .modelprofile import ModelProfile, default_mmproj, from_checkpoint, from_gguf
 from .official import OFFICIAL, lookup, official_profiles
 from .planner import Plan, Settings, plan, ram_need
@@ -37,14 +40,23 @@ def add_fit_parser(sub: argparse._SubParsersAction) -> None:
         help="a GGUF (single or split), a checkpoint folder (with --quant), or an official name "
         f"({', '.join(OFFICIAL)}); optional with --best",
     )
-    p.add_argument("--quant", type=str.upper, help="for a checkpoint or an official name (default Q4_K_XL)")
+    p.add_argument("--quant", type=quant_arg, help="for a checkpoint or an official name (default Q4_K_XL)")
     p.add_argument(
         "--mmproj", type=Path, help="the vision projector GGUF (default: MODEL.mmproj.gguf if present)"
     )
-    p.add_argument("--ctx", type=int, default=8192, help="context length in tokens (default 8192)")
-    p.add_argument("--parallel", type=int, default=1, help="parallel sequences (llama-server -np)")
+    p.add_argument(
+        "--ctx",
+        type=int_arg(*CTX),
+        help=f"context length in tokens, {CTX[0]} to {CTX[1]:,} (default {DEFAULT_CTX}, "
+        "or the model's trained context if that is shorter)",
+    )
+    p.add_argument(
+        "--parallel", type=int_arg(*PARALLEL), default=1, help="parallel sequences (llama-server -np)"
+    )
     p.add_argument("--kv-type", default="f16", choices=["f16", "q8_0", "q4_0"], help="KV cache type")
-    p.add_argument("--margin", type=float, default=1.0, help="GiB kept free on each device (default 1)")
+    p.add_argument(
+        "--margin", type=float_arg(*MARGIN_GIB), default=1.0, help="GiB kept free on each device (default 1)"
+    )
     p.add_argument(
         "--hardware",
         default="auto",
@@ -57,8 +69,11 @@ def add_fit_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def load_profile(model: str, quant: str | None, mmproj: Path | None = None) -> ModelProfile:
-    """A GGUF, a checkpoint folder (+ quant) or an official name."""
+    """A GGUF, a checkpoint folder (+ quant) or an official name. An explicit `mmproj` must be a
+    GGUF (it is not silently left out of the plan)."""
     path = Path(model).expanduser()
+    if mmproj is not None:
+        read_gguf(mmproj)
     if path.is_dir():
         return from_checkpoint(path, quant or "Q4_K_XL")
     if path.suffix == ".gguf" or path.exists():
@@ -71,12 +86,15 @@ def load_profile(model: str, quant: str | None, mmproj: Path | None = None) -> M
     raise InputError(path, "no such GGUF or checkpoint folder, and not an official Qwen 3.5 name")
 
 
-def settings_from(args: argparse.Namespace) -> Settings:
-    if args.ctx < 256:
-        raise InputError(None, f"--ctx {args.ctx}: at least 256 tokens")
-    return Settings(
-        n_ctx=args.ctx, n_seq=max(1, args.parallel), kv_type=args.kv_type, margin=int(args.margin * GiB)
-    )
+def settings_from(args: argparse.Namespace, m: ModelProfile | None = None) -> Settings:
+    """The options as planner settings (their ranges were checked by the parser). With the model
+    known, the context must be one it was trained for; the default is 8192 or its trained length."""
+    n_ctx = args.ctx
+    if m is not None and n_ctx is not None:
+        check_ctx(n_ctx, m.n_ctx_train, m.source)
+    if n_ctx is None:
+        n_ctx = min(DEFAULT_CTX, m.n_ctx_train) if m is not None and m.n_ctx_train else DEFAULT_CTX
+    return Settings(n_ctx=n_ctx, n_seq=args.parallel, kv_type=args.kv_type, margin=int(args.margin * GiB))
 
 
 def suggestions(m: ModelProfile, hw: Hardware, s: Settings, p: Plan) -> list[str]:
@@ -315,6 +333,8 @@ def best(hw: Hardware, s: Settings) -> list[dict]:
     rows = []
     for name in OFFICIAL:
         for q, prof in official_profiles(name, LADDER).items():
+            if s.n_ctx > prof.n_ctx_train:  # a context it was not trained for is no candidate
+                continue
             pl = plan(prof, hw, s)
             if not pl.fits:
                 continue
@@ -337,10 +357,11 @@ def best(hw: Hardware, s: Settings) -> list[dict]:
 
 def run_fit(args: argparse.Namespace) -> int:
     local = Path(args.model).expanduser() if args.model else None
-    hw = resolve_hardware(args.hardware, local if local is not None and local.exists() else None)
-    s = settings_from(args)
+    disk = local if local is not None and local.exists() else None
+    hw = resolve_hardware(args.hardware, disk, origin="--hardware")
     console = Console()
     if args.best:
+        s = settings_from(args)
         rows = best(hw, s)
         if args.json:
             print(json.dumps({"hardware": hw.name, "ranked": rows}, indent=1))
@@ -364,6 +385,7 @@ def run_fit(args: argparse.Namespace) -> int:
     if not args.model:
         raise InputError(None, "q35 fit needs a MODEL (or --best)")
     m = load_profile(args.model, args.quant, args.mmproj)
+    s = settings_from(args, m)
     if args.mmproj is None and not m.mmproj_bytes:
         s = replace(s, mmproj=False)
     p = plan(m, hw, s)

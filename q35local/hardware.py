@@ -7,13 +7,13 @@ silently.
 
 from __future__ import annotations
 
-import json
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
-from quantize.errors import InputError
+from quantize.errors import InputError, read_json
+from quantize.validate import number, read_text
 
 GiB = 1 << 30
 GB = 10**9
@@ -70,8 +70,8 @@ class Hardware:
         """RAM the model may take: what is available now, or for a profile the total less what an OS
         and a desktop keep (4 GiB or 10%, whichever is more)."""
         if self.ram_available is not None:
-            return self.ram_available
-        return self.ram_total - max(4 * GiB, self.ram_total // 10)
+            return max(0, self.ram_available)
+        return max(0, self.ram_total - max(4 * GiB, self.ram_total // 10))
 
     def with_(self, **changes: object) -> Hardware:
         return replace(self, **changes)
@@ -180,49 +180,155 @@ PROFILES: dict[str, Hardware] = {
 }
 
 
+# What a hardware file may say: key -> what it is. Every value is checked once, here; the error
+# names the file and the field (`hw.toml: gpu[1].bandwidth_gbs: must be > 0, got 0`).
+MAX_GB = float(1 << 20)  # a PiB of memory: past that a number is a typo
+MAX_GBS = 1e5  # GB/s: ten times the fastest HBM
+FILE_KEYS = {
+    "name": "the machine's name",
+    "cpu": "the CPU's name",
+    "cores": "physical CPU cores (default 8)",
+    "threads": "hardware threads (default: cores)",
+    "ram_gb": "RAM in GiB",
+    "ram_available_gb": "RAM free for the model, GiB (default: total less an OS reserve)",
+    "ram_bandwidth_gbs": "RAM bandwidth, GB/s",
+    "unified": "the GPU's memory is the RAM (default: true with a metal GPU)",
+    "pcie_gbs": "host-GPU link, GB/s (default 25)",
+    "gpu": "a list of GPUs ([[gpu]] tables)",
+}
+GPU_KEYS = {
+    "name": "the GPU's name",
+    "kind": "cuda or metal (default cuda)",
+    "memory_gb": "its memory in GiB (a metal GPU's default: macOS's cap)",
+    "free_gb": "its free memory, GiB (default: all of it)",
+    "bandwidth_gbs": "its memory bandwidth, GB/s (default: from the name for NVIDIA)",
+}
+
+
+def _key(k: object) -> str:
+    """A key as a message shows it: bare when it is a plain name, else quoted and short."""
+    return k if isinstance(k, str) and k.isidentifier() and len(k) <= 40 else f"{k!r:.40}"
+
+
+class _Fields:
+    """The keys of one table of a hardware file, checked one by one."""
+
+    def __init__(self, path: Path, table: object, where: str, known: dict[str, str]) -> None:
+        self.path, self.where = path, where
+        if not isinstance(table, dict):
+            raise InputError(
+                path, f"{where or 'the file'}: expected a table of keys, got {type(table).__name__}"
+            )
+        unknown = [k for k in table if k not in known]
+        if unknown:
+            known_keys = ", ".join(known)
+            raise InputError(path, f"{self.field(_key(unknown[0]))}: unknown key (known: {known_keys})")
+        self.table, self.known = table, known
+
+    def field(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def number(self, key: str, default: float | None = None, **limits: object) -> float | None:
+        if key not in self.table:
+            return default
+        return number(self.table[key], self.field(key), where=self.path, **limits)  # type: ignore[arg-type]
+
+    def gb(self, key: str, hi: float = MAX_GB, required: bool = False) -> int | None:
+        """A memory size in GiB as bytes (> 0, at least one byte)."""
+        if required and key not in self.table:
+            raise InputError(self.path, f"{self.field(key)}: missing (required: {self.known[key]})")
+        v = self.number(key, lo=0, lo_open=True, hi=hi)
+        return None if v is None else max(1, int(v * GiB))
+
+    def text(self, key: str, default: str | None = None) -> str | None:
+        if key not in self.table:
+            return default
+        v = self.table[key]
+        if not isinstance(v, str):
+            raise InputError(self.path, f"{self.field(key)}: expected a string, got {type(v).__name__}")
+        if not v.strip() or len(v) > 200 or not v.isprintable():
+            raise InputError(self.path, f"{self.field(key)}: must be one line of text (1-200 characters)")
+        return v
+
+    def flag(self, key: str) -> bool | None:
+        if key not in self.table:
+            return None
+        v = self.table[key]
+        if not isinstance(v, bool):
+            raise InputError(self.path, f"{self.field(key)}: expected true or false, got {v!r:.40}")
+        return v
+
+
 def load_hardware_file(path: Path) -> Hardware:
-    """A machine described in TOML or JSON: `ram_gb`, optional `ram_bandwidth_gbs`, `unified`,
-    `cpu`, `cores`, and `[[gpu]]` entries with `name`, `kind` (cuda|metal), `memory_gb`, `bandwidth_gbs`."""
-    try:
-        text = path.read_text(encoding="utf-8")
-        data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
-    except FileNotFoundError:
-        raise InputError(path, "no such hardware file") from None
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise InputError(path, f"not valid {'JSON' if path.suffix == '.json' else 'TOML'}: {e}") from None
-    except OSError as e:
-        raise InputError(path, f"cannot read hardware file: {e.strerror or e}") from None
-    try:
-        ram = int(float(data["ram_gb"]) * GiB)
-        devs = []
-        for i, g in enumerate(data.get("gpu", [])):
-            kind = g.get("kind", "cuda")
-            if kind not in ("cuda", "metal"):
-                raise ValueError(f"gpu {i}: kind must be cuda or metal, not {kind!r}")
-            mem = int(float(g["memory_gb"]) * GiB) if "memory_gb" in g else metal_default_cap(ram)
-            bw = g.get("bandwidth_gbs") or (nvidia_bandwidth(g["name"]) if kind == "cuda" else None)
-            devs.append(Device(g["name"], kind, mem, None, bw, index=i))
-        unified = bool(data.get("unified", any(d.kind == "metal" for d in devs)))
-        cores = int(data.get("cores", 8))
-        return Hardware(
-            name=str(data.get("name", path.stem)),
-            cpu=Cpu(str(data.get("cpu", "unknown CPU")), cores, cores),
-            ram_total=ram,
-            ram_available=None,
-            ram_bandwidth_gbs=float(data["ram_bandwidth_gbs"]) if "ram_bandwidth_gbs" in data else None,
-            devices=tuple(devs),
-            unified=unified,
-            metal_wired_limit_mb=0 if unified else None,
-            pcie_gbs=float(data.get("pcie_gbs", 25.0)),
-            backends=(*sorted({"CUDA" if d.kind == "cuda" else "Metal" for d in devs}), "CPU"),
-        )
-    except (KeyError, ValueError, TypeError, AttributeError) as e:
-        what = f"missing key {e}" if isinstance(e, KeyError) else str(e)
-        raise InputError(path, f"bad hardware description: {what}") from None
+    """A machine described in TOML or JSON (`FILE_KEYS`, and `[[gpu]]` tables of `GPU_KEYS`), every
+    value checked: types, finite, in range (sizes and bandwidths > 0, free ≤ total, cores ≥ 1, known
+    GPU kinds), unknown keys named."""
+    if path.suffix == ".json":
+        data: object = read_json(path, "no such hardware file", limit=1 << 20)
+    else:
+        text = read_text(path, "no such hardware file", limit=1 << 20)
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise InputError(path, f"not valid TOML: {e}") from None
+        except RecursionError:
+            raise InputError(path, "not valid TOML: nested too deeply") from None
+    top = _Fields(path, data, "", FILE_KEYS)
+    ram = top.gb("ram_gb", required=True)
+    assert ram is not None
+    available = top.gb("ram_available_gb")
+    if available is not None and available > ram:
+        raise InputError(path, f"ram_available_gb: more than ram_gb ({ram / GiB:g} GiB)")
+    gpus = top.table.get("gpu", [])
+    if not isinstance(gpus, list):
+        raise InputError(path, f"gpu: expected a list of GPU tables ([[gpu]]), got {type(gpus).__name__}")
+    if len(gpus) > 64:
+        raise InputError(path, f"gpu: {len(gpus)} GPUs; at most 64 are planned for")
+    devs = []
+    for i, entry in enumerate(gpus):
+        g = _Fields(path, entry, f"gpu[{i}]", GPU_KEYS)
+        name = g.text("name")
+        if name is None:
+            raise InputError(path, f"gpu[{i}].name: missing (required: {GPU_KEYS['name']})")
+        kind = g.table.get("kind", "cuda")
+        if kind not in ("cuda", "metal"):
+            raise InputError(path, f"gpu[{i}].kind: must be cuda or metal, got {kind!r:.40}")
+        if devs and kind != devs[0].kind:
+            raise InputError(path, f"gpu[{i}].kind: {kind} beside {devs[0].kind}; one kind per machine")
+        if kind == "metal" and devs:
+            raise InputError(path, f"gpu[{i}]: a Mac has one GPU")
+        mem = g.gb("memory_gb", hi=ram / GiB if kind == "metal" else MAX_GB, required=kind == "cuda")
+        mem = metal_default_cap(ram) if mem is None else mem
+        free = g.gb("free_gb")
+        if free is not None and free > mem:
+            raise InputError(path, f"gpu[{i}].free_gb: more than its memory ({mem / GiB:g} GiB)")
+        bw = g.number("bandwidth_gbs", lo=0, lo_open=True, hi=MAX_GBS)
+        if bw is None and kind == "cuda":
+            bw = nvidia_bandwidth(name)
+        devs.append(Device(name, kind, max(1, mem), free, bw, index=i))
+    unified = top.flag("unified")
+    if unified is False and devs and devs[0].kind == "metal":
+        raise InputError(path, "unified: a metal GPU shares the RAM; unified cannot be false")
+    unified = bool(devs and devs[0].kind == "metal") if unified is None else unified
+    cores = int(top.number("cores", 8, integer=True, lo=1, hi=1 << 16))  # type: ignore[arg-type]
+    threads = int(top.number("threads", cores, integer=True, lo=1, hi=1 << 17))  # type: ignore[arg-type]
+    return Hardware(
+        name=top.text("name", path.stem) or path.stem,
+        cpu=Cpu(top.text("cpu", "unknown CPU") or "unknown CPU", cores, threads),
+        ram_total=ram,
+        ram_available=available,
+        ram_bandwidth_gbs=top.number("ram_bandwidth_gbs", lo=0, lo_open=True, hi=MAX_GBS),
+        devices=tuple(devs),
+        unified=unified,
+        metal_wired_limit_mb=0 if unified else None,
+        pcie_gbs=top.number("pcie_gbs", 25.0, lo=0, lo_open=True, hi=MAX_GBS) or 25.0,
+        backends=(*sorted({"CUDA" if d.kind == "cuda" else "Metal" for d in devs}), "CPU"),
+    )
 
 
-def resolve_hardware(spec: str, model_path: Path | None = None) -> Hardware:
-    """`auto` probes this machine (and the disk `model_path` lies on); a profile name; or a TOML/JSON file."""
+def resolve_hardware(spec: str, model_path: Path | None = None, origin: str | None = None) -> Hardware:
+    """`auto` probes this machine (and the disk `model_path` lies on); a profile name; or a TOML/JSON file.
+    `origin` names where `spec` came from in an error (the option, or Q35_HARDWARE)."""
     if spec == "auto":
         from .probe import probe
 
@@ -233,5 +339,7 @@ def resolve_hardware(spec: str, model_path: Path | None = None) -> Hardware:
     if path.suffix in (".toml", ".json") or path.exists():
         return load_hardware_file(path)
     raise InputError(
-        None, f"unknown hardware {spec!r}: use auto, a TOML/JSON file, or one of {', '.join(PROFILES)}"
+        None,
+        f"{origin + ': ' if origin else ''}unknown hardware {spec!r:.80}: use auto, a TOML/JSON file, "
+        f"or one of {', '.join(PROFILES)}",
     )

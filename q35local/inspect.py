@@ -8,33 +8,35 @@ from pathlib import Path
 from llama_cpp import llama_cpp
 
 from quantize.errors import InputError
+from quantize.validate import int_arg
+
+from .limits import MAX_TOKENS
 
 
 def add_inspect_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("inspect", help="show a GGUF's metadata and load it in llama.cpp")
     p.add_argument("model", type=Path, help="GGUF file (the first shard of a split model)")
     p.add_argument("--generate", metavar="PROMPT", help="also generate a few tokens from PROMPT")
-    p.add_argument("-n", type=int, default=16, help="tokens to generate (default 16)")
+    p.add_argument("-n", type=int_arg(*MAX_TOKENS), default=16, help="tokens to generate (default 16)")
     p.add_argument("--verbose", action="store_true", help="show llama.cpp's output (always in its log file)")
     p.set_defaults(func=run_inspect)
 
 
-def run_inspect(args: argparse.Namespace) -> int:
-    import struct
+def _show(v: object) -> str:
+    """A metadata value as one short line (a header's strings are the file's, not ours)."""
+    text = v if isinstance(v, str) and v.isprintable() else repr(v)
+    return text if len(text) <= 80 else text[:80] + "…"
 
-    from quantize.gguf_file import read_gguf
+
+def run_inspect(args: argparse.Namespace) -> int:
+    from quantize.gguf_read import read_gguf
 
     path: Path = args.model
-    if not path.is_file():
-        raise InputError(path, "no such GGUF file")
-    try:
-        r = read_gguf(path)
-    except (ValueError, struct.error, OSError) as e:
-        raise InputError(path, f"not a readable GGUF ({e})") from None
+    r = read_gguf(path)  # checked: a header llama.cpp would abort on is refused here, by name
     get = r.get
 
     arch = get("general.architecture")
-    print(f"{path.name}: {arch}, {get('general.name')}, {len(r.tensors)} tensors in this file")
+    print(f"{path.name}: {_show(arch)}, {_show(get('general.name'))}, {len(r.tensors)} tensors in this file")
     if arch in ("qwen35", "qwen35moe"):
         keys = [
             "block_count",
@@ -43,22 +45,32 @@ def run_inspect(args: argparse.Namespace) -> int:
             "expert_used_count",
             "nextn_predict_layers",
         ]
-        print("  " + ", ".join(f"{k}={get(f'{arch}.{k}')}" for k in keys if get(f"{arch}.{k}") is not None))
+        print(
+            "  "
+            + ", ".join(f"{k}={_show(get(f'{arch}.{k}'))}" for k in keys if get(f"{arch}.{k}") is not None)
+        )
     from .cpufeatures import report_lines
 
     for line in report_lines():
         print(f"  {line}")
     from . import llamalog
-    from .engine import LlamaEngine
+    from .engine import EngineError, LlamaEngine
     from .sampling import Sampling
 
     llamalog.route_stderr(echo=args.verbose)
-    eng = LlamaEngine(path, n_ctx=256)
+    try:
+        eng = LlamaEngine(path, n_ctx=256)
+    except EngineError as e:  # loaded, but no context could be made
+        raise InputError(path, str(e)) from None
     try:
         n_vocab = llama_cpp.llama_vocab_n_tokens(eng.vocab)
         print(f"  llama.cpp loaded it: {n_vocab} tokens in the vocabulary, {eng.n_ctx} context")
         if args.generate:
-            text = "".join(eng.generate(args.generate, sampling=Sampling(temperature=0.0, max_tokens=args.n)))
+            sampling = Sampling(temperature=0.0, max_tokens=args.n)
+            try:
+                text = "".join(eng.generate(args.generate, sampling=sampling))
+            except EngineError as e:  # a prompt longer than the context
+                raise InputError(None, f"--generate: {e}") from None
             print(f"  {args.generate!r} -> {text!r}")
             print("  (the demo model has random weights: its words are noise)")
     finally:

@@ -14,6 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from quantize.errors import InputError
+from quantize.validate import int_arg, read_text
+
+from .limits import KLD_TOKENS, KLD_WINDOW
 
 DEFAULT_TEXT = Path(str(files("q35local.assets"))) / "kld-text.txt"
 
@@ -50,19 +53,33 @@ def summarize(klds: np.ndarray, top1: np.ndarray) -> KLDStats:
 
 
 def _load(path: Path, n_ctx: int):
+    """llama-cpp-python's Llama for `path`, after our checks of its header and metadata (every
+    shard); llama.cpp's own reason (from its log) when it still refuses the file."""
     from llama_cpp import Llama
 
-    if not path.is_file():
-        raise InputError(path, "no such GGUF file")
+    from . import llamalog
+    from .loader import LOAD_FAILED, load_error
+    from .modelprofile import from_gguf
+
+    from_gguf(path)  # the header and the metadata checked: llama.cpp aborts on some lies
+    llamalog.capture()  # its log, in place of llama-cpp-python's: the reason if it refuses the file
+    mark = llamalog.mark()
     try:
-        return Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True, verbose=False)
-    except ValueError as e:
-        raise InputError(path, f"llama.cpp could not load it ({e})") from None
+        llm = Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True, verbose=False)
+    except ValueError:  # "Failed to load model from file", or no context could be made
+        why = load_error(llamalog.since(mark))
+        raise InputError(path, f"llama.cpp could not load it: {why}" if why else LOAD_FAILED) from None
+    return llm
 
 
 def compare(base: Path, quant: Path, text: str, window: int = 256, max_tokens: int = 2048) -> KLDStats:
     """Evaluate both models on consecutive windows of the text (each window from a fresh context)."""
-    b, q = _load(base, window), _load(quant, window)
+    b = _load(base, window)
+    try:
+        q = _load(quant, window)
+    except BaseException:
+        b.close()
+        raise
     try:
         tokens = b.tokenize(text.encode(), add_bos=False, special=False)[:max_tokens]
         if q.tokenize(text.encode(), add_bos=False, special=False)[:max_tokens] != tokens:
@@ -91,18 +108,21 @@ def add_kld_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("base", type=Path, help="the reference GGUF (e.g. BF16 or F32)")
     p.add_argument("quant", type=Path, help="the quantized GGUF")
     p.add_argument("--text", type=Path, help="text to evaluate on (default: a built-in mixed text)")
-    p.add_argument("--window", type=int, default=256, help="tokens per evaluation window (default 256)")
-    p.add_argument("--max-tokens", type=int, default=2048, help="evaluate at most this many tokens")
+    p.add_argument(
+        "--window",
+        type=int_arg(*KLD_WINDOW),
+        default=256,
+        help=f"tokens per evaluation window, {KLD_WINDOW[0]} to {KLD_WINDOW[1]} (default 256)",
+    )
+    p.add_argument(
+        "--max-tokens", type=int_arg(*KLD_TOKENS), default=2048, help="evaluate at most this many tokens"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run_kld)
 
 
 def run_kld(args: argparse.Namespace) -> int:
-    path = args.text or DEFAULT_TEXT
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(path, f"cannot read the text ({e})") from None
+    text = read_text(args.text or DEFAULT_TEXT, "no such text file", limit=64 << 20)
     st = compare(args.base, args.quant, text, args.window, args.max_tokens)
     if args.json:
         print(json.dumps(asdict(st)))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,16 +91,36 @@ def extra_bufts_allowed() -> bool:
 
 
 def load_model(path: Path, lp: LoadParams) -> int:
-    """llama_model pointer, or an InputError naming the file."""
-    if not Path(path).is_file():
-        raise InputError(path, "no such GGUF file")
-    with open(path, "rb") as f:
-        if f.read(4) != b"GGUF":
-            raise InputError(path, "not a GGUF file (bad magic)")
+    """llama_model pointer, or an InputError naming the file: our header check first (it refuses
+    what would make llama.cpp abort, such as a general.alignment of the wrong type), then llama.cpp's
+    own reason, from its log, when it still refuses the file."""
+    from quantize.gguf_read import read_gguf
+
+    from . import llamalog
+
+    read_gguf(Path(path))
+    llamalog.capture()
+    mark = llamalog.mark()
     model = llama_cpp.llama_model_load_from_file(str(path).encode(), lp.params)
     if not model:
-        raise InputError(path, "llama.cpp could not load this model (corrupt, truncated or not Qwen 3.5)")
+        why = load_error(llamalog.since(mark))
+        raise InputError(path, f"llama.cpp could not load it: {why}" if why else LOAD_FAILED)
     return model
+
+
+LOAD_FAILED = "llama.cpp could not load this model (corrupt, truncated or not Qwen 3.5)"
+_LOAD_ERROR = re.compile(r"error loading model:\s*(.+)")
+
+
+def load_error(lines: list[str]) -> str | None:
+    """llama.cpp's reason for refusing a model, from its log lines ("error loading model: ..."), as
+    one short line; None if it gave none."""
+    for line in reversed(lines):
+        m = _LOAD_ERROR.search(line)
+        if m:
+            why = " ".join(m.group(1).split())
+            return why if len(why) <= 300 else why[:300] + "…"
+    return None
 
 
 def context_params(

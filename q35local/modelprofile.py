@@ -21,9 +21,11 @@ from gguf import GGMLQuantizationType
 
 from quantize.errors import InputError
 from quantize.ggml import tensor_bytes
-from quantize.gguf_file import read_gguf
+from quantize.gguf_read import read_gguf
+from quantize.validate import number, regular_file
 
 MiB = 1 << 20
+MAX_LAYERS = 4096  # Qwen3.5-397B has 60; a header claiming more is not planned (or looped over)
 EXPERTS = re.compile(r"\.ffn_(up|down|gate|gate_up)_(ch|)exps\.")
 _BLK = re.compile(r"^blk\.(\d+)\.")
 _SPLIT = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
@@ -139,8 +141,8 @@ def _quant_label(kv: dict, type_bytes: dict[str, int]) -> str:
 
     ft = kv.get("general.file_type")
     try:
-        name = LlamaFileType(int(ft)).name.removeprefix("MOSTLY_") if ft is not None else None
-    except ValueError:
+        name = LlamaFileType(ft).name.removeprefix("MOSTLY_") if type(ft) is int else None
+    except ValueError:  # a file type this gguf-py does not know: the tensors' types say it
         name = None
     top = max(type_bytes, key=type_bytes.__getitem__) if type_bytes else "?"
     return name or top
@@ -160,20 +162,24 @@ def from_tensors(
     if arch not in ("qwen35", "qwen35moe"):
         raise InputError(source, f"architecture {arch or 'unknown'!r} is not Qwen 3.5 (qwen35, qwen35moe)")
 
-    def k(key: str, default: object = None) -> object:
+    def k(key: str, default: int | None = None, lo: int = 1, hi: int = 1 << 20) -> int:
+        """A whole-number hyperparameter, checked: its type and a range no real model leaves (a
+        header claiming 2^40 layers must not be planned, or looped over)."""
         v = kv.get(f"{arch}.{key}", default)
         if v is None:
             raise InputError(source, f"metadata has no {arch}.{key}")
-        return v
+        if isinstance(v, list) and v and key == "attention.head_count_kv":
+            v = max(v, key=lambda x: x if isinstance(x, int | float) else 0)  # per layer: the largest
+        return int(number(v, f"{arch}.{key}", lo=lo, hi=hi, integer=True, where=source))
 
-    n_blocks = int(k("block_count"))
-    n_nextn = int(k("nextn_predict_layers", 0))
+    n_blocks = k("block_count", hi=MAX_LAYERS)
+    n_nextn = k("nextn_predict_layers", 0, lo=0, hi=n_blocks - 1)
     n_layer = n_blocks - n_nextn
     rec = kv.get(f"{arch}.attention.recurrent_layers")
     if isinstance(rec, list | tuple) and len(rec) >= n_layer:
         recurrent = tuple(bool(x) for x in rec[:n_layer])
     else:
-        interval = int(k("full_attention_interval", 4))
+        interval = k("full_attention_interval", 4, hi=MAX_LAYERS)
         recurrent = tuple((i + 1) % interval != 0 for i in range(n_layer))
     dense = [0] * n_layer
     experts = [0] * n_layer
@@ -186,6 +192,9 @@ def from_tensors(
         m = _BLK.match(tname)
         if m:
             il = int(m.group(1))
+            if il >= n_blocks:
+                past = f"layer {il} is past {arch}.block_count ({n_blocks})"
+                raise InputError(source, f"tensor {tname!r}: {past}")
             if il >= n_layer:
                 nextn += nbytes
             elif EXPERTS.search(tname):
@@ -199,13 +208,16 @@ def from_tensors(
         else:  # output.weight, output_norm.weight
             out += nbytes
             active += numel
-    n_expert = int(kv.get(f"{arch}.expert_count", 0) or 0)
-    n_used = int(kv.get(f"{arch}.expert_used_count", 0) or 0)
+    empty = next((il for il in range(n_layer) if not dense[il] + experts[il]), None)
+    if empty is not None:  # a header that claims layers its file does not hold: llama.cpp refuses it
+        raise InputError(source, f"{arch}.block_count is {n_blocks}, but layer {empty} has no tensors")
+    n_expert = k("expert_count", 0, lo=0, hi=1 << 16)
+    n_used = k("expert_used_count", 0, lo=1 if n_expert else 0, hi=n_expert)
     if "output.weight" not in names:  # tied: the LM head is the embedding
         active += next((n for t, _b, n in tensors if t == "token_embd.weight"), 0)
     active += expert_active * n_used // n_expert if n_expert else expert_active
     vocab = kv.get("tokenizer.ggml.tokens")
-    n_vocab = int(kv.get(f"{arch}.vocab_size") or 0)
+    n_vocab = k("vocab_size", 0, lo=0, hi=1 << 24)
     if not n_vocab:
         n_vocab = len(vocab) if isinstance(vocab, list | tuple) else int(getattr(vocab, "count", 0))
     return ModelProfile(
@@ -213,17 +225,17 @@ def from_tensors(
         source=source,
         quant=quant,
         arch=arch,
-        n_embd=int(k("embedding_length")),
+        n_embd=k("embedding_length"),
         n_vocab=n_vocab,
-        n_ctx_train=int(k("context_length")),
+        n_ctx_train=k("context_length", hi=1 << 24),
         recurrent=recurrent,
-        n_head_kv=int(k("attention.head_count_kv")),
-        key_length=int(k("attention.key_length")),
-        value_length=int(k("attention.value_length")),
-        ssm_conv=int(k("ssm.conv_kernel")),
-        ssm_state=int(k("ssm.state_size")),
-        ssm_group=int(k("ssm.group_count")),
-        ssm_inner=int(k("ssm.inner_size")),
+        n_head_kv=k("attention.head_count_kv", hi=1 << 12),
+        key_length=k("attention.key_length", hi=1 << 16),
+        value_length=k("attention.value_length", hi=1 << 16),
+        ssm_conv=k("ssm.conv_kernel", hi=1 << 10),
+        ssm_state=k("ssm.state_size", hi=1 << 16),
+        ssm_group=k("ssm.group_count", hi=1 << 12),
+        ssm_inner=k("ssm.inner_size"),
         n_expert=n_expert,
         n_expert_used=n_used,
         layers=tuple(LayerBytes(d, e) for d, e in zip(dense, experts, strict=True)),
@@ -248,20 +260,18 @@ def default_mmproj(model: Path) -> Path | None:
 
 
 def from_gguf(path: Path, mmproj: Path | None = None) -> ModelProfile:
-    """From a GGUF's header alone (every shard of a split file)."""
-    if not path.is_file():
-        raise InputError(path, "no such GGUF file" if not path.exists() else "not a file")
+    """From a GGUF's header alone: every shard of a split file read and checked (its header, that
+    its tensor data is all there, and that the shards belong together), and the mmproj's header."""
     kv: dict = {}
     tensors: list[tuple[str, int, int]] = []
     type_bytes: dict[str, int] = {}  # names the quant when the file has no general.file_type
     file_bytes = 0
-    for p in split_paths(path):
-        try:
-            lay = read_gguf(p)
-        except (ValueError, OSError, UnicodeDecodeError) as e:
-            raise InputError(p, f"not a readable GGUF ({e})") from None
-        except Exception as e:  # struct.error, truncated headers
-            raise InputError(p, f"corrupt GGUF header ({type(e).__name__}: {e})") from None
+    regular_file(path, "no such GGUF file")
+    paths = split_paths(path)
+    for i, p in enumerate(paths):
+        lay = read_gguf(p)
+        _check_types(p, lay.kv, lay.types)
+        _check_split(p, lay.kv, i, len(paths))
         if not kv:
             kv = dict(lay.kv)
         for name, shape, ttype, _off in lay.tensors:
@@ -270,18 +280,76 @@ def from_gguf(path: Path, mmproj: Path | None = None) -> ModelProfile:
             tname = GGMLQuantizationType(ttype).name
             type_bytes[tname] = type_bytes.get(tname, 0) + nbytes
         file_bytes += p.stat().st_size
+    if len(paths) > 1:
+        want = int(
+            number(kv.get("split.tensors.count"), "split.tensors.count", lo=1, integer=True, where=path)
+        )
+        if want != len(tensors):
+            raise InputError(
+                path,
+                f"split.tensors.count is {want:,}, the {len(paths)} shards hold {len(tensors):,}: "
+                "a shard is missing tensors or from another model",
+            )
     mm = 0
-    if mmproj is not None and mmproj.is_file():
+    if mmproj is not None:
+        read_gguf(mmproj)  # a vision projector that is no GGUF is named now, not when it loads
         mm = mmproj.stat().st_size
-    name = str(kv.get("general.name") or path.stem)
-    return from_tensors(name, str(path), _quant_label(kv, type_bytes), kv, tensors, file_bytes, mm)
+    title = kv.get("general.name")
+    name = title if isinstance(title, str) and title.strip() and title.isprintable() else path.stem
+    return from_tensors(name[:200], str(path), _quant_label(kv, type_bytes), kv, tensors, file_bytes, mm)
+
+
+# The value types llama.cpp insists on for the keys planned from (its loader refuses any other,
+# "key ... has wrong type i32 but expected type u32"): checked so that fit never passes such a file.
+_U32 = (
+    "block_count", "context_length", "embedding_length", "attention.key_length", "attention.value_length",
+    "expert_count", "expert_used_count", "ssm.conv_kernel", "ssm.state_size", "ssm.group_count",
+    "ssm.inner_size", "full_attention_interval", "nextn_predict_layers", "vocab_size",
+)  # fmt: skip
+_SPLIT_TYPES = {"split.no": "UINT16", "split.count": "UINT16", "split.tensors.count": "INT32"}
+
+
+def _check_types(path: Path, kv: dict, types: dict) -> None:
+    arch = kv.get("general.architecture")
+    want = dict(_SPLIT_TYPES)
+    if isinstance(arch, str):
+        want |= {f"{arch}.{k}": "UINT32" for k in _U32}
+        want[f"{arch}.attention.head_count_kv"] = "UINT32"  # or one per layer, an array
+    for key, t in want.items():
+        have = types.get(key)
+        if have is None or have.name == t or (key.endswith("head_count_kv") and have.name == "ARRAY"):
+            continue
+        raise InputError(
+            path, f"{key}: stored as {have.name.lower()}, llama.cpp reads it only as {t.lower()}"
+        )
+
+
+def _check_split(path: Path, kv: dict, i: int, n: int) -> None:
+    """Shard i of n (by its name) must say so in its header: a renamed shard, or a shard of another
+    split, would be planned as a model it is only part of."""
+    count = kv.get("split.count")
+    if count is None:
+        if n > 1:
+            raise InputError(path, f"named as shard {i + 1} of {n}, but its header has no split.count")
+        return
+    count = int(number(count, "split.count", lo=1, hi=99999, integer=True, where=path))
+    no = int(number(kv.get("split.no", 0), "split.no", lo=0, hi=count - 1, integer=True, where=path))
+    if n == 1 and count > 1:
+        raise InputError(
+            path,
+            f"is shard {no + 1} of a {count}-file split model, but not named PREFIX-{no + 1:05d}-of-"
+            f"{count:05d}.gguf: llama.cpp finds the other shards by that name",
+        )
+    if (no, count) != (i, n):
+        raise InputError(path, f"its header says shard {no + 1} of {count}, its name says {i + 1} of {n}")
 
 
 def from_checkpoint(ckpt: Path, quant: str) -> ModelProfile:
     """What `q35 quantize CKPT --quant QUANT` would write: the same planning, nothing read or written."""
     from quantize.convert import ConvertOptions, convert
 
-    out = Path(ckpt) / f"_fit-{quant}.gguf"
+    folder = Path(ckpt).resolve()
+    out = folder.parent / f"{folder.name}-{quant}.gguf"  # beside it, never inside (an input there)
     r = convert(ConvertOptions(checkpoint=Path(ckpt), output=out, quant=quant), dry_run=True)
     return _from_result(r, str(ckpt), quant)
 

@@ -8,6 +8,7 @@ a crash.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import shutil
@@ -32,9 +33,20 @@ NVIDIA_QUERY = "index,name,memory.total,memory.free,pci.bus_id"
 _ISA = ("avx", "avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "f16c", "fma", "neon", "sve")
 
 
+def _count(text: object, hi: int = 1 << 50) -> int | None:
+    """A positive whole amount a tool printed ("98304", "98304.0"), or None for anything else:
+    "[N/A]", "inf", "nan", negative or zero, past `hi`."""
+    try:
+        v = float(str(text).strip())
+    except ValueError:
+        return None
+    return int(v) if math.isfinite(v) and 1 <= v <= hi else None
+
+
 def parse_nvidia_smi(csv: str) -> list[Device]:
     """`nvidia-smi --query-gpu=index,name,memory.total,memory.free,pci.bus_id --format=csv,noheader,nounits`
-    (MiB). Lines that do not parse are skipped; '[N/A]' memory becomes unknown free memory."""
+    (MiB). Lines that do not parse are skipped; '[N/A]' memory becomes unknown free memory. A total
+    that is not a positive size (inf, nan, negative) skips the line; such a free is unknown."""
     devs = []
     for line in csv.strip().splitlines():
         cols = [c.strip() for c in line.split(",")]
@@ -42,17 +54,15 @@ def parse_nvidia_smi(csv: str) -> list[Device]:
             continue
         try:
             idx = int(cols[0])
-            total = int(float(cols[2])) * MiB
         except ValueError:
             continue
-        free = None
-        if len(cols) > 3:
-            try:
-                free = int(float(cols[3])) * MiB
-            except ValueError:
-                free = None
+        total = _count(cols[2], 1 << 24)  # MiB: 16 TiB is no GPU
+        if total is None or not cols[1].isprintable():
+            continue
+        free = _count(cols[3], 1 << 24) if len(cols) > 3 else None
+        free = None if free is None else min(free, total) * MiB
         bus = cols[4] if len(cols) > 4 else None
-        devs.append(Device(cols[1], "cuda", total, free, nvidia_bandwidth(cols[1]), bus, idx))
+        devs.append(Device(cols[1], "cuda", total * MiB, free, nvidia_bandwidth(cols[1]), bus, idx))
     return devs
 
 
@@ -70,12 +80,15 @@ def parse_sysctl(text: str) -> dict[str, str]:
 def parse_system_profiler(text: str) -> tuple[str | None, int | None]:
     """`system_profiler SPDisplaysDataType -json` → (GPU model, GPU core count)."""
     try:
-        data = json.loads(text)
-        gpu = data["SPDisplaysDataType"][0]
-        cores = gpu.get("sppci_cores")
-        return gpu.get("sppci_model"), int(cores) if cores is not None else None
-    except (json.JSONDecodeError, KeyError, IndexError, TypeError, ValueError, AttributeError):
+        gpu = json.loads(text)["SPDisplaysDataType"][0]
+        model, cores = gpu.get("sppci_model"), gpu.get("sppci_cores")
+    except (json.JSONDecodeError, RecursionError, KeyError, IndexError, TypeError, AttributeError):
         return None, None
+    model = model if isinstance(model, str) and model.isprintable() and model.strip() else None
+    n = _count(cores, 1 << 16) if cores is not None and not isinstance(cores, bool) else None
+    if cores is not None and n is None:
+        return None, None  # a core count that is not one: the entry is not trusted
+    return model, n
 
 
 def parse_cpuinfo(text: str) -> tuple[str, tuple[str, ...]]:
@@ -97,22 +110,19 @@ def parse_cpuinfo(text: str) -> tuple[str, tuple[str, ...]]:
 def apple_hardware(sysctl: dict[str, str], profiler: tuple[str | None, int | None]) -> Hardware:
     """A Mac from its sysctl values and system_profiler's GPU entry."""
     notes = []
-    ram = int(sysctl.get("hw.memsize", "0") or 0)
-    chip = sysctl.get("machdep.cpu.brand_string", "Apple Silicon")
+    ram = _count(sysctl.get("hw.memsize", "")) or 0  # garbage or nothing: unknown (probe uses psutil's)
+    chip = sysctl.get("machdep.cpu.brand_string", "") or "Apple Silicon"
     gpu_name, gpu_cores = profiler
     if gpu_cores is None:
         notes.append("GPU core count unknown (system_profiler gave nothing)")
-    try:
-        wired = int(sysctl.get("iogpu.wired_limit_mb", "0"))
-    except ValueError:
-        wired = 0
+    wired = _count(sysctl.get("iogpu.wired_limit_mb", ""), 1 << 30) or 0  # 0: the system default
     cap = wired * MiB if wired > 0 else metal_default_cap(ram)
     if wired <= 0:
         notes.append(
             "GPU working set: macOS default (~2/3–3/4 of RAM); `sysctl iogpu.wired_limit_mb` raises it"
         )
     bw = apple_bandwidth(chip, gpu_cores)
-    cores = int(sysctl.get("hw.physicalcpu", "0") or 0) or None
+    cores = _count(sysctl.get("hw.physicalcpu", ""), 1 << 16)
     gpu = Device(f"{gpu_name or chip} ({gpu_cores or '?'}-core GPU)", "metal", cap, None, bw)
     return Hardware(
         name="this machine",
@@ -212,7 +222,9 @@ def probe(model_path: Path | None = None) -> Hardware:
     else:
         model, flags = "unknown CPU", ()
         try:
-            model, flags = parse_cpuinfo(Path("/proc/cpuinfo").read_text())
+            # a /proc file: stat says 0 bytes, so bound the read itself; odd bytes are replaced
+            with open("/proc/cpuinfo", "rb") as f:
+                model, flags = parse_cpuinfo(f.read(16 << 20).decode("utf-8", errors="replace"))
         except OSError:
             model = platform.processor() or "unknown CPU"
             notes.append("CPU flags unknown (/proc/cpuinfo unreadable)")

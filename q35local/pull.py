@@ -9,6 +9,9 @@ import re
 from pathlib import Path
 
 from quantize.errors import InputError
+from quantize.gguf_read import read_gguf
+
+from .limits import quant_arg
 
 _MMPROJ_ORDER = ("F16", "BF16", "Q8_0", "F32")
 
@@ -17,11 +20,24 @@ def add_pull_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "pull", help="download a GGUF from the Hub", description="Download a GGUF (and its mmproj)."
     )
-    p.add_argument("repo", help="Hub repo id, e.g. unsloth/Qwen3.5-35B-A3B-GGUF")
-    p.add_argument("--quant", required=True, type=str.upper, help="which file: Q4_K_M, UD-Q4_K_XL, Q8_0, ...")
+    p.add_argument("repo", type=repo_arg, help="Hub repo id, e.g. unsloth/Qwen3.5-35B-A3B-GGUF")
+    p.add_argument("--quant", required=True, type=quant_arg, help="which file: Q4_K_M, UD-Q4_K_XL, Q8_0, ...")
     p.add_argument("--revision", help="branch, tag or commit")
     p.add_argument("--no-mmproj", action="store_true", help="skip the vision projector")
     p.set_defaults(func=run_pull)
+
+
+_REPO = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}")
+
+
+def repo_arg(text: str) -> str:
+    """An argparse `type=` for a Hub repo id, OWNER/NAME."""
+    if not _REPO.fullmatch(text) or ".." in text:
+        raise argparse.ArgumentTypeError(f"expected a Hub repo id OWNER/NAME, got {text!r:.80}")
+    return text
+
+
+repo_arg.__name__ = "repo id"
 
 
 def choose_files(files: list[str], quant: str, mmproj: bool = True) -> list[str]:
@@ -65,6 +81,8 @@ def pull(repo: str, quant: str, revision: str | None = None, mmproj: bool = True
     missing = [p for p in paths if not p.is_file()]
     if missing:
         raise InputError(missing[0], "not downloaded (offline, or the download stopped); run again to resume")
+    for p in paths:
+        read_gguf(p)  # a file cut short or damaged is named now, not when it is run
     return paths
 
 

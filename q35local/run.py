@@ -7,6 +7,9 @@ import json
 import sys
 from pathlib import Path
 
+from quantize.validate import float_arg, int_arg
+
+from .limits import CTX, DEFAULT_CTX, MAX_TOKENS, SEED, TEMPERATURE, THREADS, check_ctx
 from .sampling import recommended
 
 
@@ -19,11 +22,25 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--system", help="system prompt")
     p.add_argument("--think", dest="think", action="store_true", default=True, help="thinking mode (default)")
     p.add_argument("--no-think", dest="think", action="store_false", help="answer without thinking")
-    p.add_argument("-n", "--max-tokens", type=int, default=1024)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--temperature", type=float, help="override the mode's recommended temperature")
-    p.add_argument("--ctx", type=int, default=8192)
-    p.add_argument("--threads", type=int)
+    p.add_argument(
+        "-n",
+        "--max-tokens",
+        type=int_arg(*MAX_TOKENS),
+        default=1024,
+        help="tokens to generate, default 1024",
+    )
+    p.add_argument("--seed", type=int_arg(*SEED), help=f"sampling seed, {SEED[0]} to {SEED[1]:,}")
+    p.add_argument(
+        "--temperature",
+        type=float_arg(*TEMPERATURE),
+        help=f"override the mode's recommended temperature ({TEMPERATURE[0]:g} to {TEMPERATURE[1]:g})",
+    )
+    p.add_argument(
+        "--ctx",
+        type=int_arg(*CTX),
+        help=f"context length (default {DEFAULT_CTX}, or the model's trained context if shorter)",
+    )
+    p.add_argument("--threads", type=int_arg(*THREADS), help="CPU threads (default: the physical cores)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--verbose", action="store_true", help="show llama.cpp's output (always in its log file)")
     p.set_defaults(func=run_run)
@@ -31,11 +48,15 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
 
 def run_run(args: argparse.Namespace) -> int:
     from .chat import AnswerDelta, ChatSession, Done, Error, ThinkingDelta
-    from .modelprofile import default_mmproj
+    from .modelprofile import default_mmproj, from_gguf
     from .runtime import open_engine, template_for
 
+    trained = from_gguf(args.model).n_ctx_train  # the header, checked, before anything loads
+    if args.ctx is not None:
+        check_ctx(args.ctx, trained, args.model)
+    n_ctx = args.ctx or min(DEFAULT_CTX, trained or DEFAULT_CTX)
     mmproj = args.mmproj or default_mmproj(args.model)
-    engine = open_engine(args.model, mmproj, args.ctx, threads=args.threads, verbose=args.verbose)
+    engine = open_engine(args.model, mmproj, n_ctx, threads=args.threads, verbose=args.verbose)
     try:
         sampling = recommended(args.think).with_(max_tokens=args.max_tokens, seed=args.seed)
         if args.temperature is not None:

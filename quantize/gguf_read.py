@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import mmap
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
@@ -47,6 +47,7 @@ _SCALAR = {
     GGUFValueType.INT64: "q",
     GGUFValueType.FLOAT64: "d",
 }
+_U64 = struct.Struct("<Q")
 _VALUE_TYPES = {int(t): t for t in GGUFValueType}
 _GGML_TYPES = {int(t): t for t in GGMLQuantizationType if t in GGML_QUANT_SIZES}
 
@@ -64,6 +65,7 @@ class GGUFLayout:
     kv: dict[str, object]
     tensors: list[tuple[str, tuple[int, ...], int, int]]  # name, shape (ne0 first), ggml type, offset
     data_start: int
+    types: dict[str, GGUFValueType] = field(default_factory=dict)  # each key's value type as stored
 
     def get(self, key: str, default: object = None) -> object:
         return self.kv.get(key, default)
@@ -134,6 +136,19 @@ class _Reader:
     def string(self, what: str) -> str:
         return self.raw_string(what).decode("utf-8", errors="replace")
 
+    def skip_strings(self, n: int, what: str) -> None:
+        """Step over n strings (a vocabulary): the hot loop of a 250K-token header, kept tight."""
+        buf, pos, last = self.buf, self.pos, self.end - 8
+        length = _U64.unpack_from
+        for i in range(n):
+            if pos > last:
+                self.pos = pos
+                self.need(8, f"{what}[{i}]")
+            pos += 8 + length(buf, pos)[0]
+            if pos > self.end:
+                raise self.fail(f"{what}[{i}] runs past the end of the file")
+        self.pos = pos
+
     def value_type(self, what: str) -> GGUFValueType:
         code = self.uint("<I", what)
         if code not in _VALUE_TYPES:
@@ -154,10 +169,7 @@ class _Reader:
         if it == GGUFValueType.STRING:
             self.need(8 * n, f"{what} ({n:,} strings)")  # each at least its length field: fail fast
             if n > max_array:
-                for i in range(n):
-                    ln = self.uint("<Q", f"{what}[{i}]")
-                    self.need(ln, f"{what}[{i}]")
-                    self.pos += ln
+                self.skip_strings(n, what)
                 return ArraySummary(it, n)
             return [self.string(f"{what}[{i}]") for i in range(n)]
         fmt = f"<{n}{_SCALAR[it]}"
@@ -253,8 +265,6 @@ def _parse_header(buf: memoryview, max_array: int = 4096, path: str | Path | Non
     for (name, _shape, _ty, off), nbytes in zip(tensors, sizes, strict=True):
         end = start + off + nbytes
         if end > r.end:
-            raise InputError(
-                path,
-                f"truncated: tensor {_name(name)}'s data ends at byte {end:,}, the file has {r.end:,} bytes",
-            )
-    return GGUFLayout(kv, tensors, start)
+            what = f"the data of tensor {_name(name)} ends at byte {end:,}"
+            raise InputError(path, f"truncated: {what}, the file has {r.end:,} bytes")
+    return GGUFLayout(kv, tensors, start, types)

@@ -72,7 +72,7 @@ def number(
     refused, not coerced. An integer field also refuses 2.5. The error names `field` (in `where`)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InputError(where, f"{field}: expected a number, got {_show(value)}")
-    if not math.isfinite(value):
+    if isinstance(value, float) and not math.isfinite(value):  # an int is finite (10**400 too)
         raise InputError(where, f"{field}: must be a finite number, got {value}")
     if integer and value != int(value):
         raise InputError(where, f"{field}: must be a whole number, got {value}")
@@ -80,11 +80,18 @@ def number(
         raise InputError(where, f"{field}: must be {'>' if lo_open else '≥'} {_fmt(lo)}, got {_fmt(value)}")
     if hi is not None and value > hi:
         raise InputError(where, f"{field}: must be ≤ {_fmt(hi)}, got {_fmt(value)}")
-    return int(value) if integer else float(value)
+    if integer:
+        return int(value)
+    if abs(value) > 1e308:  # an int past what a float holds
+        raise InputError(where, f"{field}: too large, got {_fmt(value)}")
+    return float(value)
 
 
 def _fmt(x: float) -> str:
-    return f"{int(x):,}" if float(x).is_integer() and abs(x) >= 1000 else f"{x:g}"
+    if isinstance(x, int):  # exact, and never through float (10**400 would overflow)
+        text = f"{x:,}" if abs(x) >= 1000 else str(x)
+        return text if len(text) <= 30 else f"a {len(str(abs(x)))}-digit number"
+    return f"{int(x):,}" if x.is_integer() and abs(x) >= 1000 else f"{x:g}"
 
 
 def _show(value: object) -> str:

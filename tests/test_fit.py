@@ -4,6 +4,7 @@ published files, layouts on simulated machines, and the plan applied by the real
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -11,9 +12,11 @@ from pathlib import Path
 
 import pytest
 from conftest import gguf_for
+from test_fuzz_gguf import copy_with
 
 from q35local import llamalog
 from q35local.calibrate import allocations
+from q35local.cli import main
 from q35local.hardware import PROFILES, Device, GiB, Hardware
 from q35local.loader import load_model, model_params
 from q35local.modelprofile import from_checkpoint, from_gguf
@@ -285,12 +288,17 @@ def test_fit_best_ranks_what_fits() -> None:
     [
         (["nope.gguf"], "nope.gguf: no such GGUF"),
         (["Qwen3.5-9B", "--hardware", "nowhere-9000"], "unknown hardware"),
-        (["Qwen3.5-9B", "--ctx", "10"], "--ctx 10"),
     ],
 )
 def test_fit_bad_input_is_one_line(args: list[str], needle: str) -> None:
     r = q35("fit", *args)
     assert r.returncode == 1 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_fit_context_out_of_range_is_a_usage_error() -> None:
+    r = q35("fit", "Qwen3.5-9B", "--ctx", "10")
+    assert r.returncode == 2 and "--ctx" in r.stderr and "≥ 256" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
 
 
 def test_fit_corrupt_gguf(tmp_path: Path) -> None:
@@ -355,6 +363,61 @@ def test_split_gguf_profile_equals_the_single_file(small_moe_ckpt: Path, tmp_pat
     shards[1].unlink()
     r = q35("fit", str(shards[0]))
     assert r.returncode == 1 and shards[1].name in r.stderr
+
+
+@pytest.fixture(scope="module")
+def split_shards(small_moe_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    from quantize.convert import ConvertOptions, convert
+
+    d = tmp_path_factory.mktemp("split")
+    convert(
+        ConvertOptions(checkpoint=small_moe_ckpt, output=d / "s.gguf", quant="Q8_0", split_max_size=4 << 20)
+    )
+    shards = sorted(d.glob("s-*-of-*.gguf"))
+    assert len(shards) >= 3
+    return shards
+
+
+def _copy_split(shards: list[Path], into: Path) -> list[Path]:
+    into.mkdir()
+    out = [into / p.name for p in shards]
+    for a, b in zip(shards, out, strict=True):
+        shutil.copyfile(a, b)
+    return out
+
+
+@pytest.mark.parametrize("which", ["first", "middle", "last"])
+def test_split_every_shard_is_checked(split_shards: list[Path], tmp_path: Path, capsys, which: str) -> None:
+    """A shard whose tensor data is cut short was planned as if whole, whichever shard it was."""
+    shards = _copy_split(split_shards, tmp_path / "s")
+    victim = {"first": shards[0], "middle": shards[1], "last": shards[-1]}[which]
+    with open(victim, "r+b") as f:
+        f.truncate(victim.stat().st_size - 4096)
+    assert main(["fit", str(shards[0]), "--hardware", "cpu-desktop-64"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"q35: error: {victim}: truncated") and "\n" not in err, err
+
+
+def test_split_shard_renamed_alone(split_shards: list[Path], tmp_path: Path, capsys) -> None:
+    """Shard 1 of 3 under a plain name was planned as the whole model (a third of it)."""
+    alone = tmp_path / "model.gguf"
+    shutil.copyfile(split_shards[0], alone)
+    assert main(["fit", str(alone), "--hardware", "cpu-desktop-64"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert f"{alone}: is shard 1 of a {len(split_shards)}-file split model" in err and "\n" not in err, err
+
+
+def test_split_shards_that_do_not_belong_together(split_shards: list[Path], tmp_path: Path, capsys) -> None:
+    shards = _copy_split(split_shards, tmp_path / "s")
+    copy_with(split_shards[1], shards[1], values={"split.no": ("<H", 0)})  # says it is the first
+    assert main(["fit", str(shards[0]), "--hardware", "cpu-desktop-64"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert f"{shards[1]}: its header says shard 1 of {len(shards)}, its name says 2 of" in err, err
+    copy_with(split_shards[1], shards[1])
+    copy_with(split_shards[0], shards[0], values={"split.tensors.count": ("<i", 5)})
+    assert main(["fit", str(shards[0]), "--hardware", "cpu-desktop-64"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "split.tensors.count is 5" in err and "\n" not in err, err
 
 
 def test_fit_on_a_checkpoint_folder(small_moe_ckpt: Path) -> None:

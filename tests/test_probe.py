@@ -145,6 +145,31 @@ def test_nvidia_garbage_never_raises(text: str) -> None:
     assert parse_nvidia_smi(text) == []
 
 
+@pytest.mark.parametrize(
+    "line",
+    [
+        "0, NVIDIA GeForce RTX 4090, inf, 1000",  # int(float("inf")) was an OverflowError
+        "0, NVIDIA GeForce RTX 4090, nan, 1000",
+        "0, NVIDIA GeForce RTX 4090, -24564, 1000",  # a negative GPU was planned as if real
+        "0, NVIDIA GeForce RTX 4090, 0, 0",
+        "0, NVIDIA GeForce RTX 4090, 1e30, 1000",
+    ],
+)
+def test_nvidia_impossible_totals_skip_the_line(line: str) -> None:
+    assert parse_nvidia_smi(line + "\n") == []
+
+
+@pytest.mark.parametrize("free", ["inf", "-5", "nan", "1e30"])
+def test_nvidia_impossible_free_is_unknown(free: str) -> None:
+    (d,) = parse_nvidia_smi(f"0, NVIDIA GeForce RTX 4090, 24564, {free}\n")
+    assert d.free_bytes is None and d.usable_bytes == 24564 * MiB
+
+
+def test_nvidia_free_above_total_is_capped() -> None:
+    (d,) = parse_nvidia_smi("0, NVIDIA GeForce RTX 4090, 24564, 30000\n")
+    assert d.free_bytes == 24564 * MiB
+
+
 def test_nvidia_short_lines_keep_what_parses() -> None:
     (d,) = parse_nvidia_smi("garbage\n3, Tesla T4, 15360\n")
     assert (d.index, d.name, d.total_bytes, d.free_bytes, d.bus, d.bandwidth_gbs) == (
@@ -192,6 +217,21 @@ def test_system_profiler_m3_ultra() -> None:
 )
 def test_system_profiler_broken_degrades(text: str) -> None:
     assert parse_system_profiler(text) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("cores", "want"),
+    [("1e999", None), ("-8", None), ("0", None), ("true", None), ("[80]", None), ('"80"', 80), ("80", 80)],
+)
+def test_system_profiler_impossible_core_counts(cores: str, want: int | None) -> None:
+    text = json.dumps({"SPDisplaysDataType": [{"sppci_model": "Apple M3 Ultra", "sppci_cores": 0}]})
+    text = text.replace('"sppci_cores": 0', f'"sppci_cores": {cores}')
+    # 1e999 (inf) was an OverflowError; a core count that is none leaves the whole entry unknown
+    assert parse_system_profiler(text) == (("Apple M3 Ultra", want) if want else (None, None))
+
+
+def test_system_profiler_nested_too_deeply() -> None:
+    assert parse_system_profiler("[" * 100_000) == (None, None)
 
 
 def test_system_profiler_without_cores() -> None:
@@ -248,6 +288,10 @@ def test_apple_binned_m4_max_has_narrower_bus() -> None:
         {},
         {"hw.memsize": "", "hw.physicalcpu": "", "iogpu.wired_limit_mb": ""},
         {"iogpu.wired_limit_mb": "n/a"},
+        # garbage where numbers belong was a ValueError; negatives were planned as if real
+        {"hw.memsize": "lots", "hw.physicalcpu": "many", "iogpu.wired_limit_mb": "-1"},
+        {"hw.memsize": "-549755813888", "hw.physicalcpu": "-32"},
+        {"hw.memsize": "inf", "hw.physicalcpu": "nan"},
     ],
 )
 def test_apple_nothing_known_degrades(sysctl: dict[str, str]) -> None:
@@ -505,16 +549,49 @@ def test_load_cpu_only(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("name", "text", "says"),
     [
-        ("nokey.toml", 'cpu = "x"\n', "missing key 'ram_gb'"),
-        ("noname.toml", "ram_gb = 64\n[[gpu]]\nmemory_gb = 24\n", "missing key 'name'"),
+        ("nokey.toml", 'cpu = "x"\n', "ram_gb: missing"),
+        ("noname.toml", "ram_gb = 64\n[[gpu]]\nmemory_gb = 24\n", "gpu[0].name: missing"),
         ("bad.toml", "ram_gb = = 64\n[[gpu\n", "not valid TOML"),
-        ("bad.json", '{"ram_gb": 64,', "not valid JSON"),
+        ("bad.json", '{"ram_gb": 64,', "cannot parse"),
         ("rocm.toml", 'ram_gb = 64\n[[gpu]]\nname = "AMD Radeon RX 7900 XTX"\nkind = "rocm"\n', "rocm"),
-        ("ram.toml", 'ram_gb = "lots"\n', "bad hardware description"),
-        ("list.json", "[1, 2]", "bad hardware description"),
-        ("gpustr.toml", 'ram_gb = 64\ngpu = ["NVIDIA GeForce RTX 4090"]\n', "bad hardware description"),
-        ("binary.toml", b"\xff\xfe\x00ram_gb", "not valid TOML"),
+        ("ram.toml", 'ram_gb = "lots"\n', "ram_gb: expected a number, got str 'lots'"),
+        ("list.json", "[1, 2]", "not a JSON object"),
+        ("gpustr.toml", 'ram_gb = 64\ngpu = ["NVIDIA GeForce RTX 4090"]\n', "gpu[0]: expected a table"),
+        ("binary.toml", b"\xff\xfe\x00ram_gb", "not UTF-8"),
+        # every field checked once, naming the field (these were tracebacks or planned as if real)
+        ("pcie0.toml", "ram_gb = 64\npcie_gbs = 0\n", "pcie_gbs: must be > 0, got 0"),
+        ("pciestr.toml", 'ram_gb = 64\npcie_gbs = "fast"\n', "pcie_gbs: expected a number"),
+        ("negram.toml", "ram_gb = -64\n", "ram_gb: must be > 0, got -64"),
+        ("nanram.json", '{"ram_gb": NaN}', "ram_gb: must be a finite number"),
+        ("bigram.toml", "ram_gb = 1e300\n", "ram_gb: must be ≤"),
+        ("hugeint.json", '{"ram_gb": ' + "9" * 400 + "}", "ram_gb: must be ≤"),
+        ("negcores.toml", "ram_gb = 64\ncores = -4\n", "cores: must be ≥ 1, got -4"),
+        ("halfcore.toml", "ram_gb = 64\ncores = 2.5\n", "cores: must be a whole number"),
+        ("boolram.json", '{"ram_gb": true}', "ram_gb: expected a number, got bool"),
+        (
+            "bw0.toml",
+            'ram_gb = 64\n[[gpu]]\nname = "a"\nmemory_gb = 8\n[[gpu]]\nname = "b"\nmemory_gb = 8\n'
+            "bandwidth_gbs = 0\n",
+            "gpu[1].bandwidth_gbs: must be > 0, got 0",
+        ),
+        ("typo.toml", "ram_gb = 64\nram_gbs = 96\n", "ram_gbs: unknown key (known: name, cpu"),
+        ("gputypo.toml", 'ram_gb = 64\n[[gpu]]\nname = "a"\nmemry_gb = 8\n', "gpu[0].memry_gb: unknown key"),
+        ("free.toml", 'ram_gb = 64\n[[gpu]]\nname = "a"\nmemory_gb = 8\nfree_gb = 9\n', "free_gb: more than"),
+        ("avail.toml", "ram_gb = 64\nram_available_gb = 65\n", "ram_available_gb: more than ram_gb"),
+        ("nomem.toml", 'ram_gb = 64\n[[gpu]]\nname = "a"\n', "gpu[0].memory_gb: missing"),
+        ("bigmac.toml", 'ram_gb = 64\n[[gpu]]\nname = "M4"\nkind = "metal"\nmemory_gb = 96\n', "≤ 64"),
+        (
+            "mixed.toml",
+            'ram_gb = 64\n[[gpu]]\nname = "a"\nmemory_gb = 8\n[[gpu]]\nname = "M"\nkind = "metal"\n',
+            "one kind",
+        ),
+        ("unified.toml", "ram_gb = 64\nunified = 1\n", "unified: expected true or false"),
+        ("gputable.toml", 'ram_gb = 64\n[gpu]\nname = "a"\n', "gpu: expected a list"),
+        ("name.json", '{"ram_gb": 8, "name": "two\\nlines"}', "name: must be one line"),
+        ("deep.json", '{"ram_gb": ' + "[" * 100000 + "]" * 100000 + "}", "nested too deeply"),
+        ("deep.toml", "ram_gb = " + "[" * 100000 + "]" * 100000 + "\n", "TOML"),
     ],
+    ids=lambda v: v if isinstance(v, str) and v.endswith((".toml", ".json")) else "",
 )
 def test_load_bad_files(tmp_path: Path, name: str, text: str | bytes, says: str) -> None:
     p = tmp_path / name
@@ -546,6 +623,24 @@ def test_resolve_hardware(tmp_path: Path, bindir: Path) -> None:
     assert "mac-studio-m3-ultra-512" in str(e.value)  # lists the profiles
     with pytest.raises(InputError, match="no such hardware file"):
         resolve_hardware(str(tmp_path / "other.json"))
+
+
+def test_resolve_hardware_names_where_the_spec_came_from() -> None:
+    with pytest.raises(InputError, match=r"^Q35_HARDWARE: unknown hardware 'rtx9090'"):
+        resolve_hardware("rtx9090", origin="Q35_HARDWARE")
+
+
+def test_usable_ram_is_never_negative() -> None:
+    """A 1 GiB machine's OS reserve (4 GiB) was planned as "-3.0 GiB available"."""
+    small = PROFILES["cpu-desktop-64"].with_(ram_total=1 << 30, ram_available=None)
+    assert small.usable_ram() == 0
+
+
+def test_fifo_hardware_file_does_not_block(tmp_path: Path) -> None:
+    fifo = tmp_path / "hw.toml"
+    os.mkfifo(fifo)
+    with pytest.raises(InputError, match="not a regular file"):  # reading it would wait for a writer
+        load_hardware_file(fifo)
 
 
 def test_resolve_hardware_directory_is_input_error(tmp_path: Path) -> None:

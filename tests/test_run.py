@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from conftest import gguf_for
 from PIL import Image
+from test_fuzz_gguf import copy_with
 from test_hub import make_cache
 
 from q35local.pull import choose_files
@@ -185,3 +186,65 @@ def test_a_model_that_will_not_fit_is_stopped_before_loading(tiny: Path, tmp_pat
     r = q35("run", str(tiny), "-p", "hi", env={"Q35_HARDWARE": str(small)})
     _one_line_error(r, "will not fit on this machine")
     assert "q35 fit" in r.stderr
+
+
+# --- GGUFs llama.cpp refuses, and the other inputs of inspect, run and kld ---------------------------
+
+
+NORM = "blk.0.post_attention_norm.weight"
+
+
+def _rejects(tiny: Path, tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    """Real files llama.cpp would not load, each with what the one line must say."""
+    d = tmp_path / "rejects"
+    d.mkdir()
+    return {
+        # header fine, a tensor llama.cpp needs is not there: its own reason, from its log
+        "missing tensor": (
+            copy_with(tiny, d / "renamed.gguf", rename={NORM: NORM[:-1] + "X"}),
+            f"llama.cpp could not load it: check_tensor_dims: tensor '{NORM}' not found",
+        ),
+        # llama.cpp aborted the whole process (GGML_ASSERT n_expert_used_max <= n_expert)
+        "experts used": (
+            copy_with(tiny, d / "experts.gguf", values={"qwen35moe.expert_used_count": ("<I", 99)}),
+            "qwen35moe.expert_used_count: must be ≤ 8, got 99",
+        ),
+        # a Python traceback (KeyError: 99) from the old header reader
+        "tensor type": (copy_with(tiny, d / "type.gguf", tensor_types={NORM: 99}), "unknown ggml type 99"),
+        # an OverflowError traceback: the count was handed to range() on its word
+        "key count": (
+            copy_with(tiny, d / "count.gguf", header={16: ("<Q", 1 << 60)}),
+            "metadata keys, more than",
+        ),
+    }
+
+
+def test_inspect_run_and_kld_on_files_llama_cpp_refuses(tiny: Path, tmp_path: Path) -> None:
+    for what, (path, needle) in _rejects(tiny, tmp_path).items():
+        runs = [["inspect", str(path)]]
+        if what in ("missing tensor", "experts used"):  # kld loads through llama-cpp-python's Llama()
+            runs.append(["kld", str(path), str(tiny), "--max-tokens", "16"])
+        for argv in runs:
+            r = q35(*argv)
+            _one_line_error(r, needle)
+            assert path.name in r.stderr, (what, argv)
+
+
+def test_inspect_generate_longer_than_its_context(tiny: Path) -> None:
+    """inspect loads with a 256-token context: a longer prompt was an EngineError traceback."""
+    _one_line_error(q35("inspect", str(tiny), "--generate", "word " * 400), "--generate: the prompt is")
+
+
+def test_kld_text_that_is_a_fifo(tiny: Path, tmp_path: Path) -> None:
+    fifo = tmp_path / "text.txt"
+    os.mkfifo(fifo)  # reading it waited for a writer forever
+    _one_line_error(q35("kld", str(tiny), str(tiny), "--text", str(fifo)), "text.txt: is not a regular file")
+
+
+def test_q35_hardware_file_is_checked_by_field(tiny: Path, tmp_path: Path) -> None:
+    """A described machine with -4 cores was planned as if real; now its file and field are named."""
+    hw = tmp_path / "box.toml"
+    hw.write_text("ram_gb = 64\ncores = -4\n")
+    _one_line_error(
+        q35("run", str(tiny), "-p", "hi", env={"Q35_HARDWARE": str(hw)}), "box.toml: cores: must be ≥ 1"
+    )
