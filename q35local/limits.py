@@ -24,10 +24,8 @@ SEED = (0, (1 << 32) - 2)  # llama.cpp's seed is a uint32, and 0xFFFFFFFF means 
 TEMPERATURE = (0.0, 10.0)  # 0 is greedy; past 2 the text is noise already
 PARALLEL = (1, 256)  # sequences (llama-server -np); LLAMA_MAX_SEQ is 256
 MARGIN_GIB = (0.0, 1024.0)  # GiB kept free per device
-KLD_WINDOW = (
-    16,
-    4096,
-)  # tokens per evaluation window: logits of a whole window are kept (n_vocab × 4 B each)
+# tokens per evaluation window: logits of a whole window are kept (n_vocab × 4 B each)
+KLD_WINDOW = (16, 4096)
 KLD_TOKENS = (2, 1 << 20)  # tokens evaluated in all
 
 

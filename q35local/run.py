@@ -9,7 +9,7 @@ from pathlib import Path
 
 from quantize.validate import float_arg, int_arg
 
-from .limits import CTX, DEFAULT_CTX, MAX_TOKENS, SEED, TEMPERATURE, THREADS, check_ctx
+from .limits import CTX, DEFAULT_CTX, MAX_TOKENS, SEED, TEMPERATURE, THREADS
 from .sampling import recommended
 
 
@@ -52,8 +52,6 @@ def run_run(args: argparse.Namespace) -> int:
     from .runtime import open_engine, template_for
 
     trained = from_gguf(args.model).n_ctx_train  # the header, checked, before anything loads
-    if args.ctx is not None:
-        check_ctx(args.ctx, trained, args.model)
     n_ctx = args.ctx or min(DEFAULT_CTX, trained or DEFAULT_CTX)
     mmproj = args.mmproj or default_mmproj(args.model)
     engine = open_engine(args.model, mmproj, n_ctx, threads=args.threads, verbose=args.verbose)

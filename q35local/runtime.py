@@ -13,6 +13,7 @@ from quantize.errors import InputError
 
 from .engine import LlamaEngine
 from .hardware import resolve_hardware
+from .limits import check_ctx
 from .modelprofile import ModelProfile, from_gguf
 from .planner import Plan, Settings, plan
 from .probe import probe
@@ -34,7 +35,7 @@ def plan_for(profile: ModelProfile, model: Path, mmproj: Path | None, n_ctx: int
     """The layout for this machine; Q35_HARDWARE (a profile name or a TOML/JSON file) plans for a
     described machine instead, e.g. to keep a share of a shared server free."""
     spec = os.environ.get("Q35_HARDWARE")
-    hw = resolve_hardware(spec) if spec else probe()
+    hw = resolve_hardware(spec, origin="Q35_HARDWARE") if spec else probe()
     p = plan(profile, hw, Settings(n_ctx=n_ctx, mmproj=mmproj is not None))
     if not p.fits:
         raise InputError(
@@ -62,6 +63,7 @@ def open_engine(
     if mmproj is not None and not mmproj.is_file():
         raise InputError(mmproj, "no such mmproj file")
     profile = from_gguf(model, mmproj)
+    check_ctx(n_ctx, profile.n_ctx_train, model)
     p = plan_for(profile, model, mmproj, n_ctx)
     return LlamaEngine(
         model,
