@@ -59,11 +59,11 @@ def open_engine(
     `q35 chat`, whose screen it would break: there the log is printed after the screen closes)."""
     from . import llamalog
 
-    llamalog.route_stderr(echo=verbose)
     if mmproj is not None and not mmproj.is_file():
         raise InputError(mmproj, "no such mmproj file")
-    profile = from_gguf(model, mmproj)
+    profile = from_gguf(model, mmproj)  # the headers, checked: no llama.cpp yet
     check_ctx(n_ctx, profile.n_ctx_train, model)
+    llamalog.route_stderr(echo=verbose)  # from here on llama.cpp may write to fd 2
     p = plan_for(profile, model, mmproj, n_ctx)
     return LlamaEngine(
         model,
