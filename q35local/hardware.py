@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 from quantize.errors import InputError, read_json
-from quantize.validate import number, read_text
+from quantize.validate import REQUIRED, Fields, read_text
 
 GiB = 1 << 30
 GB = 10**9
@@ -205,58 +205,10 @@ GPU_KEYS = {
 }
 
 
-def _key(k: object) -> str:
-    """A key as a message shows it: bare when it is a plain name, else quoted and short."""
-    return k if isinstance(k, str) and k.isidentifier() and len(k) <= 40 else f"{k!r:.40}"
-
-
-class _Fields:
-    """The keys of one table of a hardware file, checked one by one."""
-
-    def __init__(self, path: Path, table: object, where: str, known: dict[str, str]) -> None:
-        self.path, self.where = path, where
-        if not isinstance(table, dict):
-            raise InputError(
-                path, f"{where or 'the file'}: expected a table of keys, got {type(table).__name__}"
-            )
-        unknown = [k for k in table if k not in known]
-        if unknown:
-            known_keys = ", ".join(known)
-            raise InputError(path, f"{self.field(_key(unknown[0]))}: unknown key (known: {known_keys})")
-        self.table, self.known = table, known
-
-    def field(self, key: str) -> str:
-        return f"{self.where}.{key}" if self.where else key
-
-    def number(self, key: str, default: float | None = None, **limits: object) -> float | None:
-        if key not in self.table:
-            return default
-        return number(self.table[key], self.field(key), where=self.path, **limits)  # type: ignore[arg-type]
-
-    def gb(self, key: str, hi: float = MAX_GB, required: bool = False) -> int | None:
-        """A memory size in GiB as bytes (> 0, at least one byte)."""
-        if required and key not in self.table:
-            raise InputError(self.path, f"{self.field(key)}: missing (required: {self.known[key]})")
-        v = self.number(key, lo=0, lo_open=True, hi=hi)
-        return None if v is None else max(1, int(v * GiB))
-
-    def text(self, key: str, default: str | None = None) -> str | None:
-        if key not in self.table:
-            return default
-        v = self.table[key]
-        if not isinstance(v, str):
-            raise InputError(self.path, f"{self.field(key)}: expected a string, got {type(v).__name__}")
-        if not v.strip() or len(v) > 200 or not v.isprintable():
-            raise InputError(self.path, f"{self.field(key)}: must be one line of text (1-200 characters)")
-        return v
-
-    def flag(self, key: str) -> bool | None:
-        if key not in self.table:
-            return None
-        v = self.table[key]
-        if not isinstance(v, bool):
-            raise InputError(self.path, f"{self.field(key)}: expected true or false, got {v!r:.40}")
-        return v
+def _gb(f: Fields, key: str, hi: float = MAX_GB, required: bool = False) -> int | None:
+    """A memory size in GiB as bytes (> 0, at least one byte)."""
+    v = f.number(key, REQUIRED if required else None, lo=0, lo_open=True, hi=hi)
+    return None if v is None else max(1, int(v * GiB))
 
 
 def load_hardware_file(path: Path) -> Hardware:
@@ -273,10 +225,10 @@ def load_hardware_file(path: Path) -> Hardware:
             raise InputError(path, f"not valid TOML: {e}") from None
         except RecursionError:
             raise InputError(path, "not valid TOML: nested too deeply") from None
-    top = _Fields(path, data, "", FILE_KEYS)
-    ram = top.gb("ram_gb", required=True)
+    top = Fields(data, path, "", FILE_KEYS)
+    ram = _gb(top, "ram_gb", required=True)
     assert ram is not None
-    available = top.gb("ram_available_gb")
+    available = _gb(top, "ram_available_gb")
     if available is not None and available > ram:
         raise InputError(path, f"ram_available_gb: more than ram_gb ({ram / GiB:g} GiB)")
     gpus = top.table.get("gpu", [])
@@ -286,10 +238,8 @@ def load_hardware_file(path: Path) -> Hardware:
         raise InputError(path, f"gpu: {len(gpus)} GPUs; at most 64 are planned for")
     devs = []
     for i, entry in enumerate(gpus):
-        g = _Fields(path, entry, f"gpu[{i}]", GPU_KEYS)
+        g = Fields(entry, path, f"gpu[{i}]", GPU_KEYS)
         name = g.text("name")
-        if name is None:
-            raise InputError(path, f"gpu[{i}].name: missing (required: {GPU_KEYS['name']})")
         kind = g.table.get("kind", "cuda")
         if kind not in ("cuda", "metal"):
             raise InputError(path, f"gpu[{i}].kind: must be cuda or metal, got {kind!r:.40}")
@@ -297,16 +247,16 @@ def load_hardware_file(path: Path) -> Hardware:
             raise InputError(path, f"gpu[{i}].kind: {kind} beside {devs[0].kind}; one kind per machine")
         if kind == "metal" and devs:
             raise InputError(path, f"gpu[{i}]: a Mac has one GPU")
-        mem = g.gb("memory_gb", hi=ram / GiB if kind == "metal" else MAX_GB, required=kind == "cuda")
+        mem = _gb(g, "memory_gb", hi=ram / GiB if kind == "metal" else MAX_GB, required=kind == "cuda")
         mem = metal_default_cap(ram) if mem is None else mem
-        free = g.gb("free_gb")
+        free = _gb(g, "free_gb")
         if free is not None and free > mem:
             raise InputError(path, f"gpu[{i}].free_gb: more than its memory ({mem / GiB:g} GiB)")
-        bw = g.number("bandwidth_gbs", lo=0, lo_open=True, hi=MAX_GBS)
+        bw = g.number("bandwidth_gbs", None, lo=0, lo_open=True, hi=MAX_GBS)
         if bw is None and kind == "cuda":
             bw = nvidia_bandwidth(name)
         devs.append(Device(name, kind, max(1, mem), free, bw, index=i))
-    unified = top.flag("unified")
+    unified = top.flag("unified", None)
     if unified is False and devs and devs[0].kind == "metal":
         raise InputError(path, "unified: a metal GPU shares the RAM; unified cannot be false")
     unified = bool(devs and devs[0].kind == "metal") if unified is None else unified
@@ -317,7 +267,7 @@ def load_hardware_file(path: Path) -> Hardware:
         cpu=Cpu(top.text("cpu", "unknown CPU") or "unknown CPU", cores, threads),
         ram_total=ram,
         ram_available=available,
-        ram_bandwidth_gbs=top.number("ram_bandwidth_gbs", lo=0, lo_open=True, hi=MAX_GBS),
+        ram_bandwidth_gbs=top.number("ram_bandwidth_gbs", None, lo=0, lo_open=True, hi=MAX_GBS),
         devices=tuple(devs),
         unified=unified,
         metal_wired_limit_mb=0 if unified else None,

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from .errors import InputError, read_json
-from .validate import number
+from .validate import Fields
 
 # HF architecture name -> (GGUF architecture, is MoE)
 ARCHITECTURES: dict[str, tuple[str, bool]] = {
@@ -124,57 +123,10 @@ MAX_EXPERTS = 1 << 16
 MAX_VOCAB = 1 << 24
 MAX_CONTEXT = (1 << 31) - 1  # llama.cpp reads it as a 32-bit count
 
-_MISSING = object()
 
-
-class _Fields:
-    """Typed, range-checked reads of one JSON object of config.json; errors name the field."""
-
-    def __init__(self, d: object, path: Path, where: str) -> None:
-        if not isinstance(d, dict):
-            raise InputError(path, f"{where or 'config'}: expected a JSON object, got {type(d).__name__}")
-        self.d, self.path, self.where = d, path, where
-
-    def name(self, key: str) -> str:
-        return f"{self.where}.{key}" if self.where else key
-
-    def raw(self, key: str, default: object = _MISSING) -> Any:
-        if key in self.d and self.d[key] is not None:
-            return self.d[key]
-        if default is _MISSING:
-            raise InputError(self.path, f"{self.where or 'config'} has no {key!r}")
-        return default
-
-    def int(self, key: str, lo: int = 1, hi: int = MAX_DIM, default: object = _MISSING) -> int:
-        v = self.raw(key, default)
-        return int(number(v, self.name(key), lo=lo, hi=hi, integer=True, where=self.path))
-
-    def float(
-        self, key: str, lo: float, hi: float, default: object = _MISSING, lo_open: bool = True
-    ) -> float:
-        v = self.raw(key, default)
-        return number(v, self.name(key), lo=lo, hi=hi, where=self.path, lo_open=lo_open)
-
-    def ints(
-        self, key: str, default: object, lo: int = 0, hi: int = MAX_DIM, max_len: int = 64
-    ) -> tuple[int, ...]:
-        v = self.raw(key, default)
-        if isinstance(v, int) and not isinstance(v, bool):
-            v = [v]
-        if not isinstance(v, list | tuple) or len(v) > max_len:
-            raise InputError(self.path, f"{self.name(key)}: expected a list of at most {max_len} numbers")
-        return tuple(
-            int(number(x, f"{self.name(key)}[{i}]", lo=lo, hi=hi, integer=True, where=self.path))
-            for i, x in enumerate(v)
-        )
-
-    def first_int(self, key: str, default: int, hi: int = 1024) -> int:
-        """A size given as a number or a list of equal ones (patch_size: 16 or [16, 16])."""
-        return self.ints(key, default, lo=1, hi=hi)[0] if self.raw(key, default) != [] else default
-
-    def obj(self, key: str) -> _Fields | None:
-        v = self.d.get(key)
-        return None if v is None else _Fields(v, self.path, self.name(key))
+def _first_int(f: Fields, key: str, default: int, hi: int = 1024) -> int:
+    """A size given as a number or a list of equal ones (patch_size: 16 or [16, 16])."""
+    return f.ints(key, default, lo=1, hi=hi)[0] if f.get(key, default) != [] else default
 
 
 def load_config(ckpt: Path) -> Qwen35Config:
@@ -192,36 +144,38 @@ def load_config(ckpt: Path) -> Qwen35Config:
         )
     architecture = known[0]
     arch, moe = ARCHITECTURES[architecture]
-    top = _Fields(raw, path, "")
-    text = top.obj("text_config") or top
+    top = Fields(raw, path, "")
+    text = top.sub("text_config") or top
     return _parse(top, text, architecture, arch, moe, path)
 
 
-def _parse(top: _Fields, text: _Fields, architecture: str, arch: str, moe: bool, path: Path) -> Qwen35Config:
+def _parse(top: Fields, text: Fields, architecture: str, arch: str, moe: bool, path: Path) -> Qwen35Config:
     n_layers = text.int("num_hidden_layers", hi=MAX_LAYERS)
     hidden = text.int("hidden_size")
     n_head = text.int("num_attention_heads", hi=MAX_HEADS)
     n_kv = text.int("num_key_value_heads", hi=n_head, default=n_head)
     if n_head % n_kv:
         raise InputError(
-            path, f"{text.name('num_attention_heads')} {n_head} is not a multiple of {n_kv} KV heads"
+            path, f"{text.field('num_attention_heads')} {n_head} is not a multiple of {n_kv} KV heads"
         )
     interval = text.int("full_attention_interval", hi=MAX_LAYERS, default=4)
-    layer_types = text.raw("layer_types", None)
+    layer_types = text.get("layer_types", None)
     if layer_types is None:
         layer_types = [
             "linear_attention" if (i + 1) % interval else "full_attention" for i in range(n_layers)
         ]
     if not isinstance(layer_types, list) or not all(isinstance(t, str) for t in layer_types):
-        raise InputError(path, f"{text.name('layer_types')}: expected a list of strings")
+        raise InputError(path, f"{text.field('layer_types')}: expected a list of strings")
     if len(layer_types) != n_layers:
         raise InputError(path, f"layer_types has {len(layer_types)} entries for {n_layers} layers")
     bad = {t for t in layer_types if t not in ("linear_attention", "full_attention")}
     if bad:
         raise InputError(path, f"unknown layer types {sorted(bad)}")
-    rope = text.obj("rope_parameters") or _Fields({}, path, text.name("rope_parameters"))
-    rope_theta = rope.float("rope_theta", 0, 1e12, default=text.raw("rope_theta", 10_000_000.0))
-    partial = rope.float("partial_rotary_factor", 0, 1, default=text.raw("partial_rotary_factor", 0.25))
+    rope = text.sub("rope_parameters") or Fields({}, path, text.field("rope_parameters"))
+    rope_theta = rope.number("rope_theta", text.get("rope_theta", 10_000_000.0), lo=0, hi=1e12, lo_open=True)
+    partial = rope.number(
+        "partial_rotary_factor", text.get("partial_rotary_factor", 0.25), lo=0, hi=1, lo_open=True
+    )
     mrope = rope.ints("mrope_section", (11, 11, 10), max_len=4)
     head_dim = text.int("head_dim", hi=MAX_DIM, default=hidden // n_head or 1)
     if sum(mrope) * 2 != int(head_dim * partial):
@@ -247,7 +201,7 @@ def _parse(top: _Fields, text: _Fields, architecture: str, arch: str, moe: bool,
     else:
         moe_kw = {"intermediate_size": text.int("intermediate_size")}
     vision = None
-    vc = top.obj("vision_config")
+    vc = top.sub("vision_config")
     if vc is not None and "ConditionalGeneration" in architecture:
         depth = vc.int("depth", hi=MAX_LAYERS)
         vision = VisionConfig(
@@ -256,30 +210,30 @@ def _parse(top: _Fields, text: _Fields, architecture: str, arch: str, moe: bool,
             intermediate_size=vc.int("intermediate_size"),
             num_heads=vc.int("num_heads", hi=MAX_HEADS),
             in_channels=vc.int("in_channels", hi=64, default=3),
-            patch_size=vc.first_int("patch_size", 16),
-            temporal_patch_size=vc.first_int("temporal_patch_size", 2),
+            patch_size=_first_int(vc, "patch_size", 16),
+            temporal_patch_size=_first_int(vc, "temporal_patch_size", 2),
             spatial_merge_size=vc.int("spatial_merge_size", hi=64, default=2),
             out_hidden_size=vc.int("out_hidden_size"),
             num_position_embeddings=vc.int("num_position_embeddings", hi=MAX_DIM, default=2304),
             deepstack_visual_indexes=vc.ints("deepstack_visual_indexes", (), hi=depth - 1),
-            hidden_act=str(vc.raw("hidden_act", "gelu_pytorch_tanh")),
+            hidden_act=str(vc.get("hidden_act", "gelu_pytorch_tanh")),
         )
-    qc = top.obj("quantization_config") or text.obj("quantization_config")
+    qc = top.sub("quantization_config") or text.sub("quantization_config")
     fp8_block = None
     if qc is not None:
-        if qc.raw("quant_method", None) != "fp8":
-            raise InputError(path, f"unsupported quantization_config method {qc.raw('quant_method', None)!r}")
+        if qc.get("quant_method", None) != "fp8":
+            raise InputError(path, f"unsupported quantization_config method {qc.get('quant_method', None)!r}")
         b = qc.ints("weight_block_size", (128, 128), lo=1, hi=1 << 16, max_len=2)
         if len(b) != 2:
-            raise InputError(path, f"{qc.name('weight_block_size')}: expected two numbers, got {list(b)}")
+            raise InputError(path, f"{qc.field('weight_block_size')}: expected two numbers, got {list(b)}")
         fp8_block = (b[0], b[1])
     vocab = text.int("vocab_size", hi=MAX_VOCAB)
     token_ids = {
         k: top.int(k, lo=0, hi=vocab - 1)
         for k in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
-        if top.raw(k, None) is not None
+        if top.get(k, None) is not None
     }
-    tie = top.raw("tie_word_embeddings", text.raw("tie_word_embeddings", False))
+    tie = top.get("tie_word_embeddings", text.get("tie_word_embeddings", False))
     if not isinstance(tie, bool):
         raise InputError(path, f"tie_word_embeddings: expected true or false, got {tie!r}")
     return Qwen35Config(
@@ -292,7 +246,7 @@ def _parse(top: _Fields, text: _Fields, architecture: str, arch: str, moe: bool,
         num_attention_heads=n_head,
         num_key_value_heads=n_kv,
         head_dim=head_dim,
-        rms_norm_eps=text.float("rms_norm_eps", 0, 1, default=1e-6),
+        rms_norm_eps=text.number("rms_norm_eps", 1e-6, lo=0, hi=1, lo_open=True),
         max_position_embeddings=text.int("max_position_embeddings", hi=MAX_CONTEXT, default=262144),
         layer_types=tuple(layer_types),
         full_attention_interval=interval,
@@ -306,7 +260,7 @@ def _parse(top: _Fields, text: _Fields, architecture: str, arch: str, moe: bool,
         mrope_section=mrope,
         tie_word_embeddings=tie,
         mtp_num_hidden_layers=text.int("mtp_num_hidden_layers", lo=0, hi=64, default=0),
-        name=str(top.raw("_name_or_path", "")),
+        name=str(top.get("_name_or_path", "")),
         vision=vision,
         token_ids=token_ids,
         fp8_block=fp8_block,

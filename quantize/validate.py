@@ -10,7 +10,9 @@ import argparse
 import math
 import os
 import stat
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from .errors import InputError
 from .units import format_size, parse_size
@@ -155,3 +157,99 @@ def _range(lo: float | None, hi: float | None, lo_open: bool = False) -> str:
     if lo is not None:
         return f"{gt} {_fmt(lo)}"
     return f"≤ {_fmt(hi)}" if hi is not None else "a number"
+
+
+REQUIRED: Any = object()  # Fields' default for a key that must be there
+
+
+class Fields:
+    """Typed, range-checked reads of one table of a file (a JSON object, a TOML table).
+
+    Every error names the file and the field's full path (`text_config.num_hidden_layers`,
+    `gpu[1].bandwidth_gbs`). A key holding null counts as absent. With `known`, a key not in it is
+    an error too (a typo would otherwise be silently ignored); its text says what a key is for."""
+
+    def __init__(
+        self, table: object, path: Path, where: str = "", known: Mapping[str, str] | None = None
+    ) -> None:
+        if not isinstance(table, dict):
+            raise InputError(
+                path, f"{where or 'the file'}: expected a table of keys, got {type(table).__name__}"
+            )
+        if known is not None:
+            unknown = [k for k in table if k not in known]
+            if unknown:
+                k = unknown[0]
+                shown = k if isinstance(k, str) and k.isidentifier() and len(k) <= 40 else f"{k!r:.40}"
+                raise InputError(path, f"{self._join(where, shown)}: unknown key (known: {', '.join(known)})")
+        self.table, self.path, self.where, self.known = table, path, where, known
+
+    @staticmethod
+    def _join(where: str, key: str) -> str:
+        return f"{where}.{key}" if where else key
+
+    def field(self, key: str) -> str:
+        return self._join(self.where, key)
+
+    def get(self, key: str, default: Any = REQUIRED) -> Any:
+        v = self.table.get(key)
+        if v is not None:
+            return v
+        if default is REQUIRED:
+            why = f" (required: {self.known[key]})" if self.known and key in self.known else ""
+            raise InputError(self.path, f"{self.field(key)}: missing{why}")
+        return default
+
+    def number(self, key: str, default: Any = REQUIRED, **limits: Any) -> Any:
+        """A finite number within `limits` (those of `number()`), or None if absent with a None default.
+        A default is checked like a given value: it may come from another key (rope_theta's from the
+        top level, head_dim's from hidden_size / num_attention_heads)."""
+        v = self.get(key, default)
+        return None if v is None else number(v, self.field(key), where=self.path, **limits)
+
+    def int(self, key: str, lo: int = 1, hi: int = 1 << 20, default: Any = REQUIRED) -> Any:
+        """A whole number in [lo, hi] (a default checked too, as for number())."""
+        v = self.get(key, default)
+        if v is None:
+            return None
+        return int(number(v, self.field(key), lo=lo, hi=hi, integer=True, where=self.path))
+
+    def ints(
+        self, key: str, default: Any = REQUIRED, lo: int = 0, hi: int = 1 << 20, max_len: int = 64
+    ) -> tuple[int, ...]:
+        """A list of whole numbers (a single number counts as a list of one)."""
+        v = self.get(key, default)
+        if isinstance(v, int) and not isinstance(v, bool):
+            v = [v]
+        if not isinstance(v, list | tuple) or len(v) > max_len:
+            raise InputError(self.path, f"{self.field(key)}: expected a list of at most {max_len} numbers")
+        return tuple(
+            int(number(x, f"{self.field(key)}[{i}]", lo=lo, hi=hi, integer=True, where=self.path))
+            for i, x in enumerate(v)
+        )
+
+    def text(self, key: str, default: Any = REQUIRED, max_len: int = 200) -> Any:
+        """One line of printable text."""
+        v = self.get(key, default)
+        if v is default and default is not REQUIRED:
+            return v
+        if not isinstance(v, str):
+            raise InputError(self.path, f"{self.field(key)}: expected a string, got {_show(v)}")
+        if not v.strip() or len(v) > max_len or not v.isprintable():
+            raise InputError(
+                self.path, f"{self.field(key)}: must be one line of text (1-{max_len} characters)"
+            )
+        return v
+
+    def flag(self, key: str, default: Any = REQUIRED) -> Any:
+        v = self.get(key, default)
+        if v is default and default is not REQUIRED:
+            return v
+        if not isinstance(v, bool):
+            raise InputError(self.path, f"{self.field(key)}: expected true or false, got {_show(v)}")
+        return v
+
+    def sub(self, key: str, known: Mapping[str, str] | None = None) -> Fields | None:
+        """The table under `key`, or None if absent."""
+        v = self.table.get(key)
+        return None if v is None else Fields(v, self.path, self.field(key), known)
