@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -68,12 +69,33 @@ class Error:
 Event = ThinkingDelta | AnswerDelta | Done | Error
 
 
-def _stats(d: dict | None) -> GenStats | None:
-    """GenStats from its stored dict (fields this version does not know are ignored)."""
+def _stats(d: dict | None, where: str, notes: list[str]) -> GenStats | None:
+    """GenStats from its stored dict: fields this version does not know are ignored, and one whose
+    value has the wrong type (the file is the user's) keeps its default, with a note."""
     if not d:
         return None
-    names = {f.name for f in dataclasses.fields(GenStats)}
-    return GenStats(**{k: v for k, v in d.items() if k in names})
+    out = GenStats()
+    for f in dataclasses.fields(GenStats):
+        if f.name not in d:
+            continue
+        value, default = d[f.name], getattr(out, f.name)
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int | float):  # a count or seconds: a finite number, not negative
+            ok = (
+                isinstance(value, int | float)
+                and not isinstance(value, bool)
+                and math.isfinite(value)
+                and 0 <= value < 1e15
+                and (isinstance(default, float) or float(value).is_integer())
+            )
+        else:
+            ok = isinstance(value, type(default)) and len(value) <= 40
+        if ok:
+            setattr(out, f.name, type(default)(value))
+        else:
+            notes.append(f"{where}: stats_json: {f.name} is {value!r:.40}; not shown")
+    return out
 
 
 def title_for(text: str, limit: int = 60) -> str:
@@ -104,13 +126,17 @@ class ChatSession:
         self.conversation_id = conversation_id
         self.system = system
         self.messages: list[Message] = []
+        self.notes: list[str] = []  # damaged fields of the stored conversation, read as their defaults
         self._stop = threading.Event()
+        self._streaming: Message | None = None  # the reply being generated
         if conversation_id is not None:
             if store is None:
                 raise ValueError("conversation_id needs a store")
             row = store.conversation(conversation_id)
+            self.notes += row.notes
             if system is None:
                 self.system = row.settings.get("system") or None
+            stored = store.messages(conversation_id, self.notes)
             self.messages = [
                 Message(
                     m.role,
@@ -119,9 +145,9 @@ class ChatSession:
                     [Path(p) for p in m.images],
                     id=m.id,
                     complete=m.complete,
-                    stats=_stats(m.stats),
+                    stats=_stats(m.stats, f"{store.path}: message {m.id}", self.notes),
                 )
-                for m in store.messages(conversation_id)
+                for m in stored
                 if m.role in ("user", "assistant")
             ]
 
@@ -142,6 +168,13 @@ class ChatSession:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def save_partial(self) -> None:
+        """Write the reply streaming now, as far as it got (complete=False), from any thread: for a
+        caller that will not wait for the generating thread (stopped, but stuck in a call)."""
+        reply = self._streaming
+        if reply is not None and (reply.content or reply.thinking):
+            self._save(reply)
 
     # --- prompt ---
 
@@ -265,6 +298,7 @@ class ChatSession:
         if self.store is not None and self.conversation_id is not None:
             reply.id = self.store.add_message(self.conversation_id, "assistant", complete=False)
         self.messages.append(reply)
+        self._streaming = reply
         splitter = ThinkSplitter(opens_thinking(prompt))
         saved_at = time.monotonic()
         settled = False  # the reply's final state is in the store
@@ -296,6 +330,7 @@ class ChatSession:
             settled = True
             yield Error(" ".join(str(e).split()) or "the engine failed")
         finally:
+            self._streaming = None
             if not settled:  # the caller abandoned the stream (or an unexpected exception)
                 self._keep_partial(reply, stop)
 

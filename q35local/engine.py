@@ -175,9 +175,18 @@ class LlamaEngine:
         )
 
     def _meta(self, key: str) -> str | None:
-        buf = ctypes.create_string_buffer(1 << 20)
-        n = llama_cpp.llama_model_meta_val_str(self.model, key.encode(), buf, len(buf))
-        return buf.value.decode("utf-8", errors="replace") if n >= 0 else None
+        """A metadata value as text, whole: llama.cpp returns the value's full length, and when that
+        does not fit the buffer it is read again into one that does (never silently cut)."""
+        size = 1 << 16
+        for _ in range(2):
+            buf = ctypes.create_string_buffer(size)
+            n = llama_cpp.llama_model_meta_val_str(self.model, key.encode(), buf, len(buf))
+            if n < 0:
+                return None
+            if n < size:
+                return buf.raw[:n].decode("utf-8", errors="replace")
+            size = n + 1
+        raise EngineError(f"the GGUF's {key} changed while it was read")
 
     def context_used(self) -> int:
         return len(self.tokens)

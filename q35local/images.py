@@ -18,6 +18,7 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from quantize.errors import InputError
+from quantize.validate import regular_file
 
 MiB = 1024 * 1024
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
@@ -70,15 +71,14 @@ def prepare_image(
     """Load `path` as RGB scaled into [min_pixels, max_pixels]; any problem is one InputError line."""
     if not FACTOR * FACTOR <= min_pixels <= max_pixels:
         raise ValueError(f"bad pixel budget [{min_pixels}, {max_pixels}]")
-    path = Path(path).expanduser()
+    if "\0" in str(path):  # from a paste or a stored conversation: os.stat would raise ValueError
+        raise InputError(None, f"{str(path)!r:.80}: a file name cannot contain a NUL byte")
     try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise InputError(path, "no such image file") from None
-    except OSError as e:
-        raise InputError(path, f"cannot read it ({e.strerror})") from None
-    if path.is_dir():
-        raise InputError(path, "is a directory, not an image")
+        path = Path(path).expanduser()
+    except RuntimeError:  # ~name of a user this system does not know
+        raise InputError(path, "no such image file (no such user's home folder)") from None
+    # a regular file only: a FIFO would block the open below for good, a device never end
+    size = regular_file(path, "no such image file").st_size
     if size > max_file_bytes:
         raise InputError(
             path, f"image file is {size / MiB:.0f} MiB; the limit is {max_file_bytes / MiB:.0f} MiB"
@@ -151,11 +151,36 @@ def _claimed_size(path: Path) -> tuple[int, int] | None:
 
 def _to_rgb(im: Image.Image) -> Image.Image:
     """RGB; transparent areas become white (screenshots and logos), not whatever color they hid."""
+    if im.mode.startswith("I;16") or im.mode in ("I", "F"):
+        im = _grey_to_8bit(im)
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
         rgba = im.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
     return im.convert("RGB") if im.mode != "RGB" else im
+
+
+def _grey_to_8bit(im: Image.Image) -> Image.Image:
+    """A greyscale image of more than 8 bits (16-bit PNG and TIFF, 32-bit integer or float TIFF) as
+    8-bit "L", scaled by its range: Pillow's own convert() clips at 255, so 16-bit values 256..65535
+    all came out white. 16-bit values are scaled from 0..65535 (65535 -> 255, rounded); 32-bit
+    integers holding 16-bit values likewise, other integers by their own min..max; floats in 0..1
+    from 0..1, others by their min..max (NaN and infinities as the minimum)."""
+    a = np.asarray(im)
+    if im.mode.startswith("I;16"):  # integers all the way: a 144 MP image stays well under 1 GB
+        return Image.fromarray(((a.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8), "L")
+    a = a.astype(np.float32)
+    finite = np.isfinite(a)
+    if not finite.all():
+        a[~finite] = np.nan
+    lo, hi = (float(np.nanmin(a)), float(np.nanmax(a))) if finite.any() else (0.0, 0.0)
+    if im.mode == "I" and lo >= 0 and hi <= 65535:
+        lo, hi = 0.0, 65535.0
+    elif im.mode == "F" and lo >= 0 and hi <= 1:
+        lo, hi = 0.0, 1.0
+    scale = 255.0 / (hi - lo) if hi > lo else 0.0
+    out = np.nan_to_num((a - lo) * scale, nan=0.0)
+    return Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8), "L")
 
 
 def looks_like_image_path(text: str) -> Path | None:

@@ -3,26 +3,35 @@
 Every write is its own committed transaction (autocommit, WAL), so killing the app mid-reply loses
 nothing already written: the reply streamed so far is there, marked incomplete. One connection is
 shared by the UI thread and the generation worker, serialised by a lock.
+
+The file is the user's, and SQLite keeps whatever type a column is given: every row read is checked in
+one place (`_conversation_row`, `_message_row`). A damaged field never makes a conversation
+unopenable: it is read as its default, and a note (file, row, field, problem) says so, which the chat
+shows; a message row whose role is unknown is left out, with a note.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 import platformdirs
 
 from quantize.errors import InputError
+from quantize.validate import regular_file
 
 SCHEMA_VERSION = 1
+ROLES = ("system", "user", "assistant")
+SETTINGS = {"system": str}  # the settings a conversation keeps, and their types (others are kept as is)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS conversations (
     id INTEGER PRIMARY KEY,
@@ -50,7 +59,14 @@ CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages(conversation_id,
 def data_dir() -> Path:
     """The per-user data dir (conversations, the llama.cpp log); Q35_DATA_DIR overrides it."""
     base = os.environ.get("Q35_DATA_DIR")
-    return Path(base).expanduser() if base else platformdirs.user_data_path("q35local")
+    if not base:
+        return platformdirs.user_data_path("q35local")
+    if "\0" in base:
+        raise InputError(None, "Q35_DATA_DIR: a folder name cannot contain a NUL byte")
+    try:
+        return Path(base).expanduser()
+    except RuntimeError:  # ~name of a user this system does not know
+        raise InputError(None, f"Q35_DATA_DIR={base}: cannot expand {base.split('/')[0]}") from None
 
 
 def default_path() -> Path:
@@ -68,6 +84,7 @@ class StoredMessage:
     created: float  # unix time
     complete: bool  # False: the reply was cut off by a crash or an engine error while streaming
     stats: dict | None  # GenStats fields of an assistant reply
+    notes: list[str] = field(default_factory=list)  # fields of this row that were damaged (see module doc)
 
 
 @dataclass
@@ -78,6 +95,7 @@ class ConversationRow:
     created: float
     updated: float
     settings: dict
+    notes: list[str] = field(default_factory=list)  # fields of this row that were damaged (see module doc)
 
 
 class Store:
@@ -90,6 +108,8 @@ class Store:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise InputError(self.path.parent, f"cannot create the data folder ({e.strerror})") from None
+        if os.path.lexists(self.path):  # SQLite would block on a FIFO, or fail vaguely on a folder
+            regular_file(self.path)
         try:
             # isolation_level=None: autocommit, each statement is committed as it runs.
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5.0)
@@ -183,27 +203,23 @@ class Store:
         with self._sql() as db:
             db.execute("DELETE FROM messages WHERE id=?", (msg_id,))
 
-    def messages(self, conv: int) -> list[StoredMessage]:
+    def messages(self, conv: int, notes: list[str] | None = None) -> list[StoredMessage]:
+        """The conversation's messages in order. Damaged fields read as their defaults (each message's
+        `notes` say which); rows with an unknown role are left out, noted in `notes` if given."""
         with self._sql() as db:
             rows = db.execute(
                 "SELECT id, conversation_id, role, content, thinking, images_json, created, complete,"
                 " stats_json FROM messages WHERE conversation_id=? ORDER BY id",
                 (conv,),
             ).fetchall()
-        return [
-            StoredMessage(
-                id=r[0],
-                conversation_id=r[1],
-                role=r[2],
-                content=r[3],
-                thinking=r[4],
-                images=list(_json(r[5], [])),
-                created=r[6],
-                complete=bool(r[7]),
-                stats=_json(r[8], None),
-            )
-            for r in rows
-        ]
+        out = []
+        for r in rows:
+            m = self._message_row(r)
+            if notes is not None:
+                notes.extend(m.notes)
+            if m.role in ROLES:
+                out.append(m)
+        return out
 
     def conversation(self, conv: int) -> ConversationRow:
         """One conversation's row; an InputError when there is no such id."""
@@ -221,7 +237,53 @@ class Store:
             rows = db.execute(
                 f"SELECT id, title, model, created, updated, settings_json FROM conversations {tail}", args
             ).fetchall()
-        return [ConversationRow(r[0], r[1], r[2], r[3], r[4], _json(r[5], {})) for r in rows]
+        return [self._conversation_row(r) for r in rows]
+
+    # --- reading rows: every column checked, in one place ---
+
+    def _conversation_row(self, r: tuple) -> ConversationRow:
+        check = _Check(f"{self.path}: conversation {r[0]}")
+        settings = check.json_object(r[5], "settings_json")
+        for key, kind in SETTINGS.items():
+            if key in settings and not isinstance(settings[key], kind):
+                check.note(f"settings_json: {key!r} is {_kind(settings[key])}, not text; ignored")
+                del settings[key]
+        return ConversationRow(
+            id=r[0],
+            title=check.text(r[1], "title", "Untitled"),
+            model=check.text(r[2], "model", "unknown model"),
+            created=check.time(r[3], "created"),
+            updated=check.time(r[4], "updated"),
+            settings=settings,
+            notes=check.notes,
+        )
+
+    def _message_row(self, r: tuple) -> StoredMessage:
+        check = _Check(f"{self.path}: message {r[0]}")
+        role = r[2]
+        if role not in ROLES:
+            check.note(f"role is {role!r:.40}, not one of {', '.join(ROLES)}; the message is left out")
+        images = check.json_list(r[5], "images_json")
+        if not all(isinstance(p, str) and p and "\0" not in p for p in images):
+            check.note("images_json: an entry is not a file name; left out")
+            images = [p for p in images if isinstance(p, str) and p and "\0" not in p]
+        complete = r[7]
+        if complete not in (0, 1):  # True/False are stored as 1/0
+            check.note(f"complete is {complete!r:.40}, not 0 or 1; read as 1")
+            complete = 1
+        stats = None if r[8] is None else check.json_object(r[8], "stats_json")
+        return StoredMessage(
+            id=r[0],
+            conversation_id=r[1],
+            role=role if isinstance(role, str) else "",
+            content=check.text(r[3], "content", ""),
+            thinking=check.text(r[4], "thinking", ""),
+            images=images,
+            created=check.time(r[6], "created"),
+            complete=bool(complete),
+            stats=stats or None,
+            notes=check.notes,
+        )
 
     def rename(self, conv: int, title: str) -> None:
         with self._sql() as db:
@@ -262,10 +324,63 @@ class Store:
             self._db.close()
 
 
-def _json(text: str | None, default: object) -> object:
-    if text is None:
+class _Check:
+    """The checks of one row's columns; `notes` gathers what was damaged and how it was read."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self.notes: list[str] = []
+
+    def note(self, problem: str) -> None:
+        self.notes.append(f"{self.where}: {problem}")
+
+    def text(self, value: object, name: str, default: str) -> str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, bytes):
+            self.note(f"{name} is bytes, not text; read as UTF-8")
+            return value.decode("utf-8", errors="replace")
+        self.note(f"{name} is {_kind(value)}, not text; read as {default!r}")
         return default
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return default
+
+    def time(self, value: object, name: str) -> float:
+        # a unix time; out of this range datetime cannot show it (and nothing we wrote is)
+        if isinstance(value, int | float) and math.isfinite(value) and 0 <= value < 1e11:
+            return float(value)
+        self.note(f"{name} is {value!r:.40}, not a time; read as 0")
+        return 0.0
+
+    def _parse(self, value: object, name: str) -> object:
+        if not isinstance(value, str | bytes):
+            self.note(f"{name} is {_kind(value)}, not JSON text; read as empty")
+            return None
+        try:
+            return json.loads(value)
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+            self.note(f"{name} is not valid JSON; read as empty")
+            return None
+
+    def json_object(self, value: object, name: str) -> dict:
+        data = self._parse(value, name)
+        if data is not None and not isinstance(data, dict):
+            self.note(f"{name} holds {_kind(data)}, not an object; read as empty")
+        return data if isinstance(data, dict) else {}
+
+    def json_list(self, value: object, name: str) -> list:
+        data = self._parse(value, name)
+        if data is not None and not isinstance(data, list):
+            self.note(f"{name} holds {_kind(data)}, not a list; read as empty")
+        return data if isinstance(data, list) else []
+
+
+def _kind(value: object) -> str:
+    return {
+        type(None): "null",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "an object",
+        bytes: "bytes",
+    }.get(type(value), type(value).__name__)

@@ -17,7 +17,7 @@ from .config import Qwen35Config
 from .errors import InputError, read_json
 from .gguf_file import KV, Encoded, _value
 from .usercache import cache_dir, write_atomically
-from .validate import number
+from .validate import number, read_text
 
 # llama.cpp token types
 NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
@@ -74,7 +74,7 @@ def _looks_special(s: str) -> bool:
     return bool(re.fullmatch(r"<\|.*\|>", s))
 
 
-_CACHE_VERSION = b"tokenizer-kvs 1"
+_CACHE_VERSION = b"tokenizer-kvs 2"  # 2: transformers' list of chat templates is read
 _BIG = 1024  # arrays longer than this are cached in encoded form
 
 
@@ -89,6 +89,9 @@ def tokenizer_kvs(ckpt: Path, vocab_size: int) -> list[KV]:
     path = cache_dir() / "tokenizer-kvs" / f"{h.hexdigest()}.bin"
     cached = _load_kvs(path)
     if cached is not None:
+        # the chat template's checks run every time (they are cheap), not only when the entry was made
+        config = ckpt / "tokenizer_config.json"
+        _chat_template(ckpt, _read_json(config) if config.exists() else {})
         return cached
     kvs = _tokenizer_kvs(ckpt, vocab_size)
     with contextlib.suppress(OSError):
@@ -198,13 +201,38 @@ def _tokenizer_kvs(ckpt: Path, vocab_size: int) -> list[KV]:
             kv.append(KV(f"tokenizer.ggml.{gguf_key}", V.UINT32, i))
     kv.append(KV("tokenizer.ggml.add_bos_token", V.BOOL, bool(tc.get("add_bos_token", False))))
     kv.append(KV("tokenizer.ggml.add_eos_token", V.BOOL, bool(tc.get("add_eos_token", False))))
-    template = tc.get("chat_template")
-    jinja = ckpt / "chat_template.jinja"
-    if jinja.exists():
-        template = jinja.read_text(encoding="utf-8")
-    if isinstance(template, str) and template:
+    template = _chat_template(ckpt, tc)
+    if template:
         kv.append(KV("tokenizer.chat_template", V.STRING, template))
     return kv
+
+
+def _chat_template(ckpt: Path, tc: dict) -> str | None:
+    """chat_template.jinja when the checkpoint has one, else tokenizer_config.json's chat_template (a
+    string, or transformers' list of {"name", "template"}, whose "default" is the chat's). One over
+    the chat's limit is refused here, naming its file, rather than written into a GGUF nothing runs."""
+    from q35local.template import MAX_TEMPLATE_BYTES, too_big_message
+
+    jinja = ckpt / "chat_template.jinja"
+    if jinja.exists() or jinja.is_symlink():  # a dangling link is a mistake to report, not to skip
+        return read_text(jinja, limit=MAX_TEMPLATE_BYTES)
+    where, template = ckpt / "tokenizer_config.json", tc.get("chat_template")
+    if isinstance(template, list):
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        if "default" not in named:
+            raise InputError(where, 'chat_template: a list of templates needs one named "default"')
+        template = named["default"]
+    if template is None:
+        return None
+    if not isinstance(template, str):
+        raise InputError(where, f"chat_template: expected a string, got {type(template).__name__}")
+    try:
+        size = len(template.encode("utf-8"))
+    except UnicodeEncodeError as e:  # JSON allows "\ud800"; a GGUF string must be UTF-8
+        raise InputError(where, f"chat_template: not valid Unicode (a lone surrogate at {e.start})") from None
+    if size > MAX_TEMPLATE_BYTES:
+        raise InputError(where, f"chat_template: {too_big_message(size)}")
+    return template
 
 
 def _token_id(path: Path, field: str, value: object, vocab_size: int) -> int:

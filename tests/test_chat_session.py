@@ -347,3 +347,37 @@ def test_without_a_store(template: ChatTemplate) -> None:
         ("user", "hello", None),
         ("assistant", "Hi!", None),
     ]
+
+
+def test_a_damaged_stored_conversation_opens_with_defaults_and_notes(
+    store: Store, template: ChatTemplate
+) -> None:
+    """`q35 chat --resume ID` on rows edited by hand: the conversation opens, what was damaged is said."""
+    session = ChatSession(FakeEngine([["Fine."]]), store, template, think=False, system="Be brief.")
+    drain(session.send("hi"))
+    conv = session.conversation_id
+    (_user, reply) = store.messages(conv)  # type: ignore[arg-type]
+    with sqlite3.connect(store.path) as db:
+        db.execute("UPDATE conversations SET settings_json='[1,2]' WHERE id=?", (conv,))
+        db.execute(
+            "UPDATE messages SET stats_json=? WHERE id=?",
+            ('{"completion_tokens": "many", "decode_s": -1, "stopped": "yes", "finish": "length"}', reply.id),
+        )
+    reopened = ChatSession(FakeEngine([["Again."]]), store, template, think=False, conversation_id=conv)
+    assert reopened.system is None  # the damaged settings are the defaults
+    assert [(m.role, m.content) for m in reopened.messages] == [("user", "hi"), ("assistant", "Fine.")]
+    stats = reopened.messages[1].stats
+    assert stats is not None and (stats.completion_tokens, stats.decode_s, stats.stopped, stats.finish) == (
+        0,
+        0.0,
+        False,
+        "length",
+    )
+    assert reopened.notes == [
+        f"{store.path}: conversation {conv}: settings_json holds a list, not an object; read as empty",
+        f"{store.path}: message {reply.id}: stats_json: completion_tokens is 'many'; not shown",
+        f"{store.path}: message {reply.id}: stats_json: decode_s is -1; not shown",
+        f"{store.path}: message {reply.id}: stats_json: stopped is 'yes'; not shown",
+    ]
+    events = drain(reopened.send("more"))
+    assert isinstance(events[-1], Done)  # and the conversation goes on

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import struct
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -11,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from q35local.images import MAX_SOURCE_PIXELS, fit_size, looks_like_image_path, prepare_image
+from q35local.images import MAX_SOURCE_PIXELS, PreparedImage, fit_size, looks_like_image_path, prepare_image
 from quantize.errors import InputError
 
 BUDGET = {"min_pixels": 256 * 256, "max_pixels": 1024 * 1024}
@@ -162,7 +164,7 @@ def test_missing_file_and_directory(tmp_path: Path) -> None:
     assert "no such image file" in one_line_error(e, tmp_path / "nope.png")
     with pytest.raises(InputError) as e:
         prepare_image(tmp_path, **BUDGET)
-    assert "directory" in one_line_error(e, tmp_path)
+    assert "is a folder, not a file" in one_line_error(e, tmp_path)  # the shared wording (validate.py)
 
 
 def test_extreme_aspect_ratio_is_refused(tmp_path: Path) -> None:
@@ -220,3 +222,108 @@ def test_looks_like_image_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert looks_like_image_path(f"{spaced}\n{spaced}") is None
     assert looks_like_image_path("hello there") is None
     assert looks_like_image_path("") is None
+
+
+def test_a_fifo_is_refused_at_once_instead_of_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "photo.png"
+    os.mkfifo(fifo)  # opening it for reading would wait for a writer forever
+    outcome: list[BaseException] = []
+    worker = threading.Thread(target=lambda: _catch(outcome, fifo), daemon=True)
+    worker.start()
+    worker.join(5)
+    assert not worker.is_alive(), "prepare_image blocked on a FIFO"
+    assert isinstance(outcome[0], InputError)
+    assert str(outcome[0]) == f"{fifo}: is not a regular file (a FIFO)"
+
+
+def _catch(outcome: list[BaseException], path: Path) -> None:
+    try:
+        prepare_image(path, **BUDGET)
+    except BaseException as e:
+        outcome.append(e)
+
+
+def test_odd_names_are_one_line(tmp_path: Path) -> None:
+    with pytest.raises(InputError) as e:
+        prepare_image("a\0b.png", **BUDGET)
+    assert "NUL" in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(InputError) as e:
+        prepare_image("~no-such-user-q35/x.png", **BUDGET)
+    assert str(e.value).startswith("~no-such-user-q35/x.png: no such image file")
+
+
+def _grey_png(path: Path, values: np.ndarray, bitdepth: int, color_type: int) -> Path:
+    """A PNG written byte by byte (Pillow cannot save 16-bit grey+alpha): `values` big-endian rows."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    h, w = values.shape[:2]
+    rows = b"".join(b"\0" + values[y].astype(">u2").tobytes() for y in range(h))
+    ihdr = struct.pack(">IIBBBBB", w, h, bitdepth, color_type, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+    return path
+
+
+RAMP16 = np.array([0, 1000, 16384, 32768, 49152, 65535], dtype=np.uint16)  # 1000: white, before the fix
+
+
+def _ramp_of(img: PreparedImage) -> list[int]:
+    """The grey level of each of the 6 vertical bands, from the middle row of the scaled image."""
+    row = img.rgb[img.height // 2, :, 0].astype(int)
+    band = img.width / 6
+    assert (img.rgb[..., 0] == img.rgb[..., 1]).all() and (img.rgb[..., 1] == img.rgb[..., 2]).all()
+    return [int(row[int(band * (k + 0.5))]) for k in range(6)]
+
+
+def _bands(values: np.ndarray, height: int = 64, width: int = 384) -> np.ndarray:
+    return np.repeat(np.repeat(values[None, :], height, axis=0), width // len(values), axis=1)
+
+
+EXPECTED = [0, 4, 64, 128, 191, 255]  # 65535 -> 255: each 16-bit value * 255 / 65535, rounded
+
+
+@pytest.mark.parametrize("kind", ["png I;16", "tiff I;16", "tiff I;16B", "tiff I (16-bit values)"])
+def test_16_bit_greyscale_is_scaled_not_clipped_to_white(tmp_path: Path, kind: str) -> None:
+    bands = _bands(RAMP16)
+    if kind == "png I;16":
+        path = _grey_png(tmp_path / "g.png", bands, 16, 0)
+    elif kind == "tiff I;16":
+        path = tmp_path / "g.tif"
+        Image.fromarray(bands).save(path)  # uint16: mode I;16
+    elif kind == "tiff I;16B":
+        path = tmp_path / "g.tif"
+        big = bands.astype(">u2")
+        Image.frombuffer("I;16B", big.shape[::-1], big.tobytes(), "raw", "I;16B", 0, 1).save(path)
+    else:
+        path = tmp_path / "g.tif"
+        Image.fromarray(bands.astype(np.int32)).save(path)  # int32: mode I
+    assert Image.open(path).mode == kind.split()[1]
+    assert _ramp_of(prepare_image(path, **BUDGET)) == EXPECTED
+
+
+def test_16_bit_grey_with_alpha_keeps_its_levels(tmp_path: Path) -> None:
+    la = np.stack([_bands(RAMP16), np.full((64, 384), 65535, dtype=np.uint16)], axis=-1)
+    path = _grey_png(tmp_path / "la.png", la, 16, 4)
+    assert Image.open(path).mode == "RGBA"  # Pillow reduces 16-bit grey+alpha itself, by the high byte
+    assert _ramp_of(prepare_image(path, **BUDGET)) == [int(v) >> 8 for v in RAMP16]
+
+
+def test_32_bit_integer_and_float_greyscale_are_scaled_by_their_range(tmp_path: Path) -> None:
+    ints = tmp_path / "i.tif"  # beyond 16 bits: its own range, lowest black, highest white
+    Image.fromarray(
+        _bands(np.array([-1000, 0, 1 << 20, 1 << 24, 1 << 28, (1 << 31) - 1], dtype=np.int32))
+    ).save(ints)
+    levels = _ramp_of(prepare_image(ints, **BUDGET))
+    assert levels[0] == 0 and levels[-1] == 255 and levels == sorted(levels)
+    unit = tmp_path / "unit.tif"  # 0..1 floats: 1.0 is white (it came out black, clipped to 0..1 of 255)
+    Image.fromarray(_bands(np.array([0, 0.25, 0.5, 0.75, 0.9, 1.0], dtype=np.float32))).save(unit)
+    assert _ramp_of(prepare_image(unit, **BUDGET)) == [0, 64, 128, 191, 230, 255]
+    wide = tmp_path / "wide.tif"  # other floats, with a NaN: by their finite range
+    Image.fromarray(_bands(np.array([-50, np.nan, 0, 50, 100, 150], dtype=np.float32))).save(wide)
+    assert _ramp_of(prepare_image(wide, **BUDGET)) == [0, 0, 64, 128, 191, 255]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import subprocess
 import sys
@@ -210,3 +211,107 @@ def test_an_unwritable_data_dir_is_an_input_error(tmp_path: Path, monkeypatch: p
     with pytest.raises(InputError) as e:
         Store()
     assert str(e.value).startswith(str(tmp_path / "file" / "sub"))
+
+
+# --- rows damaged in the file: read as defaults, with a note naming the file, the row and the field ---
+
+
+def _edit(path: Path, sql: str, *args: object) -> None:
+    """Change the file behind the store's back, as sqlite3 (or another program) would."""
+    with sqlite3.connect(path) as db:
+        db.execute(sql, args)
+
+
+@pytest.mark.parametrize(
+    ("raw", "problem"),
+    [
+        ("[1,2]", "settings_json holds a list, not an object; read as empty"),
+        ("5", "settings_json holds a number, not an object; read as empty"),
+        ("not json {", "settings_json is not valid JSON; read as empty"),
+        (b"\xff\x00", "settings_json is not valid JSON; read as empty"),
+        ('{"system": true}', "settings_json: 'system' is a boolean, not text; ignored"),
+        ('{"system": {"nested": 1}}', "settings_json: 'system' is an object, not text; ignored"),
+    ],
+)
+def test_damaged_settings_read_as_defaults_with_a_note(store: Store, raw: object, problem: str) -> None:
+    conv = store.new_conversation("m", "Cats", settings={"system": "Be brief."})
+    store.add_message(conv, "user", "hi")
+    _edit(store.path, "UPDATE conversations SET settings_json=? WHERE id=?", raw, conv)
+    row = store.conversation(conv)
+    assert row.settings == {}
+    assert row.notes == [f"{store.path}: conversation {conv}: {problem}"]
+    assert [c.notes for c in store.conversations()] == [row.notes]
+    assert "**System**" not in store.export_markdown(conv)  # and the export still works
+
+
+def test_unknown_settings_are_kept_and_the_row_is_not_damaged(store: Store) -> None:
+    conv = store.new_conversation("m")
+    _edit(store.path, "UPDATE conversations SET settings_json=? WHERE id=?", '{"think": "yes"}', conv)
+    row = store.conversation(conv)
+    assert (row.settings, row.notes) == ({"think": "yes"}, [])
+
+
+def test_damaged_conversation_columns(store: Store) -> None:
+    # SQLite turns a number put in a TEXT column into text; a blob it keeps, and any text in a REAL one
+    conv = store.new_conversation("m", "Cats")
+    change = "title=X'ff', model=X'6d', created='soon', updated=1e300"
+    _edit(store.path, f"UPDATE conversations SET {change} WHERE id=?", conv)
+    row = store.conversation(conv)
+    assert (row.title, row.model, row.created, row.updated) == ("\ufffd", "m", 0.0, 0.0)
+    where = f"{store.path}: conversation {conv}"
+    assert row.notes == [
+        f"{where}: title is bytes, not text; read as UTF-8",
+        f"{where}: model is bytes, not text; read as UTF-8",
+        f"{where}: created is 'soon', not a time; read as 0",
+        f"{where}: updated is 1e+300, not a time; read as 0",
+    ]
+    assert store.export_markdown(conv).startswith("# \ufffd\n\n*m · 19")  # 1970 (or 1969, west of UTC)
+
+
+def test_damaged_message_rows(store: Store) -> None:
+    conv = store.new_conversation("m")
+    ids = [store.add_message(conv, "user", f"q{i}") for i in range(6)]
+    edits = [
+        ("role='bogus'", "role is 'bogus', not one of system, user, assistant; the message is left out"),
+        ("content=X'c328'", "content is bytes, not text; read as UTF-8"),
+        ("images_json='{\"a\": 1}'", "images_json holds an object, not a list; read as empty"),
+        ('images_json=\'["ok.png", 7, ""]\'', "images_json: an entry is not a file name; left out"),
+        ("complete='yes'", "complete is 'yes', not 0 or 1; read as 1"),
+        ("stats_json='[1]'", "stats_json holds a list, not an object; read as empty"),
+    ]
+    for msg_id, (change, _) in zip(ids, edits, strict=True):
+        _edit(store.path, f"UPDATE messages SET {change} WHERE id=?", msg_id)
+    notes: list[str] = []
+    msgs = store.messages(conv, notes)
+    assert [m.id for m in msgs] == ids[1:]  # the unknown role is left out
+    assert notes == [
+        f"{store.path}: message {i}: {problem}" for i, (_, problem) in zip(ids, edits, strict=True)
+    ]
+    assert (msgs[0].content, msgs[1].images, msgs[2].images, msgs[3].complete, msgs[4].stats) == (
+        "\ufffd(",
+        [],
+        ["ok.png"],
+        True,
+        None,
+    )
+    store.export_markdown(conv)  # no traceback either
+
+
+def test_a_fifo_or_a_folder_in_place_of_the_database_is_refused_at_once(tmp_path: Path) -> None:
+    fifo = tmp_path / "chats.sqlite3"
+    os.mkfifo(fifo)  # SQLite would wait on it for good
+    with pytest.raises(InputError) as e:
+        Store(fifo)
+    assert str(e.value) == f"{fifo}: is not a regular file (a FIFO)"
+    folder = tmp_path / "dir.sqlite3"
+    folder.mkdir()
+    with pytest.raises(InputError) as e:
+        Store(folder)
+    assert str(e.value) == f"{folder}: is a folder, not a file"
+
+
+def test_q35_data_dir_with_an_unknown_users_home_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("Q35_DATA_DIR", "~no-such-user-q35/chats")
+    with pytest.raises(InputError) as e:
+        Store()
+    assert str(e.value) == "Q35_DATA_DIR=~no-such-user-q35/chats: cannot expand ~no-such-user-q35"

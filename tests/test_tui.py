@@ -6,6 +6,8 @@ Mid-stream checks use `SteppedEngine`, which lets a piece through only when the 
 
 from __future__ import annotations
 
+import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +22,7 @@ from textual.pilot import Pilot
 from textual.widgets import DirectoryTree, Input, Markdown
 from textual.widgets.markdown import MarkdownFence
 
+from q35local import template as template_module
 from q35local.engine import EngineError
 from q35local.sampling import NON_THINKING
 from q35local.store import Store
@@ -623,6 +626,40 @@ async def test_new_export_help_and_unknown_commands(store: Store, tmp_path: Path
 
 
 @pytest.mark.asyncio
+async def test_bad_export_and_image_names_are_one_line_not_a_crash_or_a_hang(
+    store: Store, tmp_path: Path
+) -> None:
+    fifo = tmp_path / "pipe.md"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # so that a write into it would not block the test
+    app = make_app(FakeEngine([["ok"]], has_vision=True), store)
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            await send(pilot, "hi")
+            await finished(pilot)
+            await send(pilot, f"/export {fifo}")
+            assert errors(app)[-1] == f"{fifo}: is not a regular file (a FIFO)"
+            await send(pilot, f"/export {tmp_path}")
+            assert errors(app)[-1] == f"{tmp_path}: is a folder, not a file"
+            await send(pilot, "/export ~no-such-user-q35/chat.md")
+            assert errors(app)[-1].startswith("~no-such-user-q35/chat.md: cannot write the export")
+            await send(pilot, "/image ~no-such-user-q35/cat.png")
+            await wait_until(pilot, lambda: len(errors(app)) == 4, "the image's error")
+            assert (
+                errors(app)[-1]
+                == "~no-such-user-q35/cat.png: no such image file (no such user's home folder)"
+            )
+            await send(pilot, f"/image {fifo}")
+            await wait_until(pilot, lambda: len(errors(app)) == 5, "the FIFO's error")
+            assert errors(app)[-1] == f"{fifo}: is not a regular file (a FIFO)"
+            assert not app.pending_images
+        assert os.read(reader, 100) == b""  # nothing was written into the FIFO
+        assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp files left
+    finally:
+        os.close(reader)
+
+
+@pytest.mark.asyncio
 async def test_status_bar_shows_model_context_and_speed(store: Store) -> None:
     engine = FakeEngine([["a", "b", "c"]], n_ctx=8192)
     app = make_app(engine, store)
@@ -651,6 +688,125 @@ async def test_quitting_mid_reply_ends_the_worker(store: Store) -> None:
         await pilot.press("ctrl+q")
     assert time.monotonic() - t0 < 10  # the held engine was stopped, not waited out
     assert engine.calls[0].stop is not None and engine.calls[0].stop.is_set()
+
+
+class StuckEngine(FakeEngine):
+    """After its first piece it waits on an event that no stop sets: an engine call that does not
+    return. `unstick` lets it go on. It counts the generations running at once."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.unstick = threading.Event()
+        self.running = self.most_at_once = 0
+        self._count = threading.Lock()
+
+    def _stream(self, call: Call, script: list) -> Iterator[str]:
+        with self._count:
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+        try:
+            for i, piece in enumerate(super()._stream(call, script)):
+                yield piece
+                if i == 0:
+                    self.unstick.wait(30)
+        finally:
+            with self._count:
+                self.running -= 1
+
+
+@pytest.mark.asyncio
+async def test_escape_ends_the_turn_within_a_second_when_the_engine_never_returns(store: Store) -> None:
+    engine = StuckEngine([["Partial", " and more"]])
+    app = make_app(engine, store)
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            await send(pilot, "go")
+            await wait_until(pilot, lambda: last_reply(app).answer == "Partial", "the first piece")
+            t0 = time.monotonic()
+            await pilot.press("escape")
+            await wait_until(pilot, lambda: not app.generating, "the turn to end", timeout=1.0)
+            assert time.monotonic() - t0 < 1.0
+            view = last_reply(app)
+            assert not view.streaming and "stopped" in str(view.query_one(".meta").render())
+            assert not app.prompt.disabled and app.prompt.has_focus
+            assert app.engine_busy() and "still letting go" in status(app)
+            # a message now waits, and says so: never two generations at once; the text stays
+            await send(pilot, "again")
+            await pilot.pause(0.1)
+            assert len(engine.calls) == 1 and app.prompt.text == "again" and not app.generating
+            engine.unstick.set()  # the stuck call returns at last
+            await wait_until(pilot, lambda: not app.engine_busy(), "the stuck call to return")
+            await pilot.pause()
+            assert "still letting go" not in status(app)
+            assert "stopped" in str(view.query_one(".meta").render())
+            await pilot.press("enter")  # the kept text goes now
+            await finished(pilot)
+            assert len(engine.calls) == 2 and engine.most_at_once == 1
+            assert last_reply(app).answer == "Partial and more"
+    finally:
+        engine.unstick.set()
+    msgs = reopen(store).messages(app.session.conversation_id)  # type: ignore[arg-type]
+    assert [(m.role, m.content) for m in msgs][:2] == [("user", "go"), ("assistant", "Partial")]
+
+
+@pytest.mark.asyncio
+async def test_escape_during_a_template_that_takes_its_whole_budget(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(template_module, "RENDER_SECONDS", 1.5)
+    slow = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+    engine = FakeEngine([["never used"]])
+    app = ChatApp(engine, store, ChatTemplate.from_string(slow, "slow.gguf"), think=False)  # type: ignore[arg-type]
+    async with app.run_test(size=SIZE) as pilot:
+        await send(pilot, "go")
+        await pilot.pause(0.1)
+        t0 = time.monotonic()
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: not app.generating, "the turn to end", timeout=1.0)
+        assert time.monotonic() - t0 < 1.0
+        # the render then runs out of its budget: said in a line, and the model was never called
+        await wait_until(
+            pilot, lambda: not app.engine_busy() and errors(app), "the template's error", timeout=5
+        )
+        assert errors(app) == ["slow.gguf: chat template exceeded its render budget (1.5 s)"]
+        assert engine.calls == [] and not app.query(AssistantMessage)
+
+
+@pytest.mark.asyncio
+async def test_quit_returns_within_a_second_when_the_engine_never_returns(store: Store) -> None:
+    engine = StuckEngine([["Partial", " and more"]])
+    app = make_app(engine, store)
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            await send(pilot, "go")
+            await wait_until(pilot, lambda: last_reply(app).answer == "Partial", "the first piece")
+            t0 = time.monotonic()
+            await pilot.press("ctrl+q")
+        assert time.monotonic() - t0 < 1.0  # the app closed without waiting for the reply's thread
+        assert not app.wait_idle(0.1)  # which is still stuck: chat_cli exits the process without it
+        assert engine.calls[0].stop is not None and engine.calls[0].stop.is_set()
+    finally:
+        engine.unstick.set()
+    assert app.wait_idle(5)
+
+
+@pytest.mark.asyncio
+async def test_a_damaged_stored_conversation_opens_and_says_what_was_damaged(store: Store) -> None:
+    conv = store.new_conversation("m", "Cats", settings={"system": "Be brief."})
+    store.add_message(conv, "user", "hi")
+    with sqlite3.connect(store.path) as db:
+        db.execute("UPDATE conversations SET settings_json=? WHERE id=?", ('{"system": true}', conv))
+    app = make_app(FakeEngine([["ok"]]), store, conversation_id=conv)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        notes = [n.text for n in app.query(NoticeLine) if n.kind == "warning"]
+        assert notes == [
+            f"{store.path}: conversation {conv}: settings_json: 'system' is a boolean, not text; ignored"
+        ]
+        assert [u.text for u in app.query(UserMessage)] == ["hi"]
+        await send(pilot, "more")
+        await finished(pilot)
+        assert last_reply(app).answer == "ok" and app.session.system is None
 
 
 # --- the hand-over buffer (no UI) ---

@@ -1,20 +1,29 @@
 """`q35 chat`: the Textual app around a ChatSession.
 
-Generation runs in a thread worker (llama.cpp blocks while it decodes). The worker drives the session's
-event iterator and appends the text to a `DeltaBuffer`; a UI timer drains that buffer into the reply's
-Markdown streams at most once per flush interval (50 ms, stretched by `Pacer` while layout work keeps the
-UI thread busy on a long reply), and the end-of-reply message drains the rest.
-The worker never waits for the UI, so the model runs at full speed, and the UI does a bounded amount of
+Generation runs in a thread of its own (llama.cpp blocks while it decodes). The thread drives the
+session's event iterator and appends the text to a `DeltaBuffer`; a UI timer drains that buffer into the
+reply's Markdown streams at most once per flush interval (50 ms, stretched by `Pacer` while layout work
+keeps the UI thread busy on a long reply), and the end-of-reply message drains the rest.
+The thread never waits for the UI, so the model runs at full speed, and the UI does a bounded amount of
 work per tick, so keys are handled whatever the token rate. The session persists every turn itself;
 the UI only mirrors it, so an error or a stop never loses what is already in the store.
+
+Esc and quit never wait for that thread: a stop is asked for at once, and if the thread has not come
+back within STOP_WAIT_S (an engine call or a chat template that does not return) the UI ends the turn
+by itself; no new reply starts until the thread is done, since the engine runs one generation at a
+time. The thread is a plain daemon thread, not a Textual worker: those run in the event loop's default
+executor, which `App.run()` waits for on exit, so a stuck one would keep the app from closing.
+`wait_idle()` tells the caller whether it is done (see chat_cli).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -22,7 +31,6 @@ from functools import partial
 from pathlib import Path
 from typing import ClassVar
 
-from textual import work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
@@ -31,7 +39,6 @@ from textual.screen import Screen
 from textual.timer import Timer
 from textual.widget import Widget
 from textual.widgets import Footer, Static
-from textual.worker import get_current_worker
 
 from q35local.chat import NO_VISION, AnswerDelta, ChatSession, Done, Event, ThinkingDelta
 from q35local.chat import Error as ChatError
@@ -49,6 +56,8 @@ from .widgets import AssistantMessage, NoticeLine, PromptInput, StatusBar, UserM
 from .widgets.messages import history_widgets
 from .widgets.thumbnail import describe
 
+STOP_WAIT_S = 0.5  # Esc ends the turn in the UI after this if the reply's thread has not returned
+
 HELP = """\
 Commands: /image PATH (attach; no PATH opens a picker; /image clear drops attachments) · /think · /nothink ·
 /new · /export [PATH] · /help. Start a message with // to send text that begins with a slash.
@@ -59,20 +68,30 @@ Click a message to copy it, or a code block to copy just the code.
 Paste or drop an image file to attach it."""
 
 
-@dataclass
-class ReplyStarted(Message):
-    """The first text of a reply is in `buffer`: show it now rather than at the next timer tick."""
+@dataclass(eq=False)
+class Turn:
+    """One reply: the thread generating it writes to `buffer`; the UI shows it in `view`."""
 
+    session: ChatSession
     view: AssistantMessage
     buffer: DeltaBuffer
+    stop: bool = False  # Esc or quit asked for a stop
+    settled: bool = False  # the UI has ended the turn (the thread may still be running)
+    thread: threading.Thread | None = None
+
+
+@dataclass
+class ReplyStarted(Message):
+    """The first text of a reply is in its buffer: show it now rather than at the next timer tick."""
+
+    turn: Turn
 
 
 @dataclass
 class ReplyEnded(Message):
-    """The worker is done: its buffer holds the last text; Done, an Error, or None (no final event)."""
+    """The reply's thread is done: its buffer holds the last text; Done, an Error, or None."""
 
-    view: AssistantMessage
-    buffer: DeltaBuffer
+    turn: Turn
     outcome: Done | ChatError | None
 
 
@@ -87,7 +106,8 @@ class ImageFailed(Message):
 
 
 class ChatApp(App[int]):
-    """The chat UI. The caller owns `engine` and `store` and closes them after `launch()` returns."""
+    """The chat UI. The caller owns `engine` and `store` and closes them after `launch()` returns, once
+    `wait_idle()` says no reply thread still uses them."""
 
     CSS_PATH = "chat.tcss"
     TITLE = "q35 chat"
@@ -137,7 +157,9 @@ class ChatApp(App[int]):
         self.pending_images: list[PreparedImage] = []
         self.last_stats: GenStats | None = None
         self.first_token_at: float | None = None  # perf_counter() when this reply's first text was shown
-        self._stop_requested = False
+        self.turn: Turn | None = None  # the reply streaming now
+        self._reply_thread: threading.Thread | None = None  # the last reply's, until it returns
+        self._image_threads: list[threading.Thread] = []
         self._pump: Timer | None = None  # drains the reply buffer while a reply streams
         self._append_lock = asyncio.Lock()  # the pump and the end-of-reply handler append in turn
         self._switch_interval = sys.getswitchinterval()
@@ -191,13 +213,18 @@ class ChatApp(App[int]):
             with contextlib.suppress(InputError):  # label old replies with the model that wrote them
                 model = self.store.conversation(self.session.conversation_id).model
         widgets = history_widgets(self.session.messages, graphics=self.graphics, model=model)
+        # damaged fields of the stored conversation, each read as its default: said, not hidden
+        widgets += [NoticeLine(note, kind="warning") for note in self.session.notes]
         if widgets:
             await self.transcript.mount_all(widgets)
         self.transcript.scroll_end(animate=False)
 
     def refresh_status(self, state: str = "") -> None:
         if not state and self.generating:
-            state = "stopping…" if self._stop_requested else "generating · Esc stops"
+            stopping = self.turn is not None and self.turn.stop
+            state = "stopping…" if stopping else "generating · Esc stops"
+        elif not state and self.engine_busy():
+            state = "stopped · the last reply is still letting go"
         self.query_one(StatusBar).update(
             status_text(
                 self.engine.info,
@@ -239,6 +266,8 @@ class ChatApp(App[int]):
             return
         if not text and not self.pending_images:
             return
+        if not self._engine_free():
+            return
         self.prompt.clear()
         if self.editing:
             await self._resend_edited(text)
@@ -260,10 +289,10 @@ class ChatApp(App[int]):
 
     def _start(self, events: Iterator[Event], view: AssistantMessage) -> DeltaBuffer:
         self.generating = True
-        self._stop_requested = False
         self.first_token_at = None
         view.streaming = True
         buffer = DeltaBuffer()
+        turn = self.turn = Turn(self.session, view, buffer)
         # With few cores the UI thread takes its time from llama.cpp's threads: back off sooner there.
         few = (os.cpu_count() or 1) <= 4
         pacer = Pacer(
@@ -275,7 +304,13 @@ class ChatApp(App[int]):
         self._pump = self.set_interval(self.flush_interval, partial(self._tick, view, buffer, pacer))
         self.refresh_status()
         self.refresh_bindings()
-        self._reply_worker(events, buffer, view)
+        # a copy of this context, so that the thread's logging and messages find the app
+        run = contextvars.copy_context().run
+        turn.thread = threading.Thread(
+            target=run, args=(self._reply_worker, events, turn), name="q35-reply", daemon=True
+        )
+        self._reply_thread = turn.thread
+        turn.thread.start()
         return buffer
 
     async def _tick(self, view: AssistantMessage, buffer: DeltaBuffer, pacer: Pacer) -> None:
@@ -284,7 +319,7 @@ class ChatApp(App[int]):
             pacer.mark()
 
     async def _drain(self, view: AssistantMessage, buffer: DeltaBuffer) -> None:
-        if not view.is_mounted:  # still being mounted by _begin, which drains once it is
+        if not view.is_mounted:  # still being mounted by _begin, which drains once it is (or removed)
             return
         async with self._append_lock:
             if parts := buffer.take():
@@ -292,53 +327,122 @@ class ChatApp(App[int]):
                 if self.first_token_at is None:
                     self.first_token_at = time.perf_counter()
 
-    @work(thread=True, group="reply", exit_on_error=False)
-    def _reply_worker(self, events: Iterator[Event], buffer: DeltaBuffer, view: AssistantMessage) -> None:
-        """Drive the session in this thread; the text goes to `buffer`, the outcome to the app."""
-        worker = get_current_worker()
+    def _reply_worker(self, events: Iterator[Event], turn: Turn) -> None:
+        """Drive the session in this thread; the text goes to the turn's buffer, the outcome to the app."""
         outcome: Done | ChatError | None = None
         started = False
         try:
             for event in events:
-                if self._stop_requested or worker.is_cancelled:
-                    self.session.stop()  # again on every event: a stop before the engine started counts too
+                if turn.stop:
+                    turn.session.stop()  # again on every event: a stop before the engine started counts too
                 if isinstance(event, ThinkingDelta | AnswerDelta):
-                    buffer.add("thinking" if isinstance(event, ThinkingDelta) else "answer", event.text)
+                    turn.buffer.add("thinking" if isinstance(event, ThinkingDelta) else "answer", event.text)
                     if not started:
                         started = True
-                        self.post_message(ReplyStarted(view, buffer))
+                        self._post(ReplyStarted(turn))
                 else:
                     outcome = event
         except Exception as e:  # an engine or template failure must not end the app: show it as a line
-            self.log.error("generation failed", e)
+            with contextlib.suppress(Exception):
+                self.log.error("generation failed", e)
             outcome = ChatError(describe_error(e))
         finally:
-            with contextlib.suppress(RuntimeError):  # the app's loop is already closed (quit mid-reply)
-                self.post_message(ReplyEnded(view, buffer, outcome))
+            self._post(ReplyEnded(turn, outcome))
+
+    def _post(self, message: Message) -> None:
+        """post_message from a thread; after the app has closed (quit mid-reply) there is no one to tell."""
+        with contextlib.suppress(RuntimeError):
+            self.post_message(message)
+
+    def engine_busy(self) -> bool:
+        """A reply's thread is still running (streaming, or stopped by the UI but not returned yet)."""
+        return self._reply_thread is not None and self._reply_thread.is_alive()
+
+    def _engine_free(self) -> bool:
+        """The engine runs one generation at a time: while a stopped reply's thread has not returned,
+        a new one waits, and the user is told (their text stays in the box)."""
+        if self._reply_thread is not None:
+            self._reply_thread.join(0.05)  # one that is just returning (it posted its end already)
+        if not self.engine_busy():
+            return True
+        self.notify(
+            "The stopped reply has not let go of the model yet: send again in a moment.",
+            severity="warning",
+        )
+        return False
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for the reply and image threads; True when none is left."""
+        deadline = time.monotonic() + timeout
+        for thread in [self._reply_thread, *self._image_threads]:
+            if thread is not None:
+                thread.join(max(0.0, deadline - time.monotonic()))
+        return not self.engine_busy() and not any(t.is_alive() for t in self._image_threads)
 
     async def on_reply_started(self, message: ReplyStarted) -> None:
-        await self._drain(message.view, message.buffer)
+        if not message.turn.settled:
+            await self._drain(message.turn.view, message.turn.buffer)
 
     async def on_reply_ended(self, message: ReplyEnded) -> None:
-        view, outcome = message.view, message.outcome
-        if not view.is_mounted:  # a reply that ended before its widget was up: settle it just after
-            self.set_timer(0.02, partial(self.post_message, ReplyEnded(view, message.buffer, outcome)))
+        turn, outcome = message.turn, message.outcome
+        view = turn.view
+        if turn.settled:  # stopped in the UI before its thread returned: now it has
+            await self._late_end(turn, outcome)
             return
-        if self._pump is not None:
-            self._pump.stop()
-            self._pump = None
-        await self._drain(view, message.buffer)
-        view.streaming = False
+        if not view.is_mounted:  # a reply that ended before its widget was up: settle it just after
+            self.set_timer(0.02, partial(self.post_message, ReplyEnded(turn, outcome)))
+            return
         stats = outcome.stats if isinstance(outcome, Done) else None
-        await view.finish(stats)
+        await self._settle(turn, stats)
         if stats is not None:
             self.last_stats = stats
-        self.generating = False
-        self._stop_requested = False
         if isinstance(outcome, ChatError):
             if view.is_empty:
                 await view.remove()
             await self.show_error(outcome.message)
+        self.refresh_status()
+        self.refresh_bindings()
+
+    async def _settle(self, turn: Turn, stats: GenStats | None, note: str = "") -> None:
+        """End the turn in the UI: the last text shown, the reply finished, the prompt free."""
+        turn.settled = True
+        if self.turn is turn:
+            self.turn = None
+            self.generating = False
+            if self._pump is not None:
+                self._pump.stop()
+                self._pump = None
+        await self._drain(turn.view, turn.buffer)
+        turn.view.streaming = False
+        if turn.view.is_mounted:
+            await turn.view.finish(stats, note)
+
+    async def _stop_if_stuck(self, turn: Turn, tries: int = 20) -> None:
+        """STOP_WAIT_S after Esc: a thread that has not returned is left to finish on its own (what
+        it streamed so far is written to the store now, in case it never does)."""
+        if turn.settled:
+            return
+        if not turn.view.is_mounted and tries:  # _begin is still mounting it: shortly
+            self.set_timer(0.05, partial(self._stop_if_stuck, turn, tries - 1))
+            return
+        turn.session.save_partial()
+        await self._settle(turn, None, note="stopped")
+        self.refresh_status()
+        self.refresh_bindings()
+        self.prompt.focus()
+
+    async def _late_end(self, turn: Turn, outcome: Done | ChatError | None) -> None:
+        """The thread of a turn the UI had already ended returned: show what it added and how it ended
+        (the store has it all already), and the engine is free again."""
+        view = turn.view
+        if view.is_mounted:
+            await self._drain(view, turn.buffer)
+            if isinstance(outcome, Done):
+                await view.finish(outcome.stats)
+            elif isinstance(outcome, ChatError):
+                if view.is_empty:
+                    await view.remove()
+                await self.show_error(outcome.message)
         self.refresh_status()
         self.refresh_bindings()
 
@@ -355,7 +459,8 @@ class ChatApp(App[int]):
                     self.pending_images.clear()
                     self._show_attachments()
                 else:
-                    self.attach(looks_like_image_path(arg) or Path(arg.strip("'\"")).expanduser())
+                    # prepare_image expands ~ and checks the name (no such user, NUL) as one line
+                    self.attach(looks_like_image_path(arg) or Path(arg.strip("'\"")))
             case "/think" | "/nothink":
                 self.set_think(name.lower() == "/think")
             case "/new":
@@ -392,15 +497,21 @@ class ChatApp(App[int]):
             return
         self._prepare_worker(path)
 
-    @work(thread=True, group="images", exit_on_error=False)
     def _prepare_worker(self, path: Path) -> None:
+        """In a daemon thread, like the reply's (a file on a hung network mount must not block quit)."""
+        run = contextvars.copy_context().run
+        thread = threading.Thread(target=run, args=(self._prepare, path), name="q35-image", daemon=True)
+        self._image_threads = [t for t in self._image_threads if t.is_alive()] + [thread]
+        thread.start()
+
+    def _prepare(self, path: Path) -> None:
         lo, hi = self.engine.info.image_budget
         try:
             image = prepare_image(path, min_pixels=lo, max_pixels=hi)
         except Exception as e:  # InputError names the file; anything else is still one line
-            self.post_message(ImageFailed(describe_error(e)))
+            self._post(ImageFailed(describe_error(e)))
         else:
-            self.post_message(ImageReady(image))
+            self._post(ImageReady(image))
 
     def on_image_ready(self, message: ImageReady) -> None:
         self.pending_images.append(message.image)
@@ -433,10 +544,13 @@ class ChatApp(App[int]):
         return True
 
     def action_stop(self) -> None:
-        if self.generating:
-            self._stop_requested = True
-            self.session.stop()
+        if self.generating and self.turn is not None:
+            turn = self.turn
+            turn.stop = True
+            turn.session.stop()
             self.refresh_status()
+            # the thread stops at its next event; if it is stuck inside a call, do not wait for it
+            self.set_timer(STOP_WAIT_S, partial(self._stop_if_stuck, turn))
         elif self.editing:
             self._end_edit()
             self.prompt.clear()
@@ -456,7 +570,7 @@ class ChatApp(App[int]):
         return self.generating
 
     async def action_regenerate(self) -> None:
-        if self._busy():
+        if self._busy() or not self._engine_free():
             return
         users = self.transcript.query(UserMessage)
         if not users:
@@ -581,9 +695,12 @@ class ChatApp(App[int]):
             yield SystemCommand(title, help_text, callback)
 
     async def on_unmount(self) -> None:
-        # Quitting mid-reply: end the generation so the worker thread (and the process) can finish.
-        if self.generating:
-            self.session.stop()
+        # Quitting mid-reply: ask the reply's thread to stop (the app does not wait for it; see
+        # wait_idle() and chat_cli for a thread that does not come back).
+        if self.turn is not None:
+            self.turn.stop = True
+            self.turn.session.stop()
+            self.turn.session.save_partial()  # the thread may never get to (see wait_idle)
         sys.setswitchinterval(self._switch_interval)
 
 

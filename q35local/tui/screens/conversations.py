@@ -7,6 +7,8 @@ and it keeps the screen reproducible in snapshot tests.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +24,7 @@ from textual.widgets.option_list import Option
 
 from q35local.store import Store
 from quantize.errors import InputError
+from quantize.validate import regular_file
 
 from .dialogs import Confirm, TextPrompt
 
@@ -29,13 +32,28 @@ Choice = int | Literal["new"] | None
 
 
 def export_conversation(store: Store, conv: int, path: Path) -> Path:
-    """Write the conversation as Markdown; an InputError names the file on failure."""
-    path = path.expanduser()
-    text = store.export_markdown(conv)
+    """Write the conversation as Markdown; an InputError names the file on failure.
+
+    The file is written whole or not at all (a temporary file beside it, renamed over it), and only
+    a regular file is replaced: writing into a FIFO would wait for a reader for good."""
+    if "\0" in str(path):
+        raise InputError(None, f"{str(path)!r:.80}: a file name cannot contain a NUL byte")
     try:
-        path.write_text(text, encoding="utf-8")
+        path = path.expanduser()
+    except RuntimeError:  # ~name of a user this system does not know
+        raise InputError(path, "cannot write the export (no such user's home folder)") from None
+    if os.path.lexists(path):
+        path = path.resolve() if path.is_symlink() else path  # keep the link, write where it points
+        regular_file(path)
+    text = store.export_markdown(conv)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
     except OSError as e:
-        raise InputError(path, f"cannot write the export ({e.strerror})") from None
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise InputError(path, f"cannot write the export ({e.strerror or e})") from None
     return path
 
 

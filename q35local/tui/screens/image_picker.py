@@ -51,7 +51,11 @@ class ImagePicker(ModalScreen[Path | None]):
         self.query_one(ImageTree).focus()
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
-        folder = Path(event.value.strip()).expanduser()
+        try:
+            folder = Path(event.value.strip()).expanduser()
+        except RuntimeError:  # ~name of a user this system does not know
+            self.notify(f"{event.value.strip()}: no such folder (no such user)", severity="error")
+            return
         if folder.is_file():
             self.dismiss(folder)
         elif folder.is_dir():

@@ -195,10 +195,10 @@ def reply_meta(stats: GenStats | None, note: str = "") -> str:
 
 
 class NoticeLine(Static):
-    """An inline line in the transcript: an error (kept in view, unlike a toast) or help text."""
+    """An inline line in the transcript: an error (kept in view, unlike a toast), a warning or help text."""
 
     def __init__(self, text: str, *, kind: str = "error") -> None:
-        prefix = "✖ " if kind == "error" else ""
+        prefix = {"error": "✖ ", "warning": "⚠ "}.get(kind, "")
         super().__init__(Text(prefix + text), classes=f"notice {kind}")
         self.kind = kind
         self.text = text
