@@ -13,7 +13,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from quantize.errors import InputError
 from quantize.validate import int_arg, regular_file
 
-from .limits import CTX, DEFAULT_CTX, check_ctx
+from .limits import CTX, DEFAULT_CTX
 
 DEMO_MODEL = Path("demo/tiny-moe-Q8_0.gguf")
 CONVERSATION_ID = (1, (1 << 63) - 1)  # SQLite's INTEGER PRIMARY KEY
@@ -75,8 +75,8 @@ def _system(text: str | None) -> str | None:
 
 
 def run_chat(args: argparse.Namespace) -> int:
-    from .modelprofile import default_mmproj, from_gguf
-    from .runtime import open_engine, template_for
+    from .modelprofile import default_mmproj
+    from .runtime import context_for, open_engine, template_for
     from .store import Store
     from .tui.app import ChatApp, launch
 
@@ -86,10 +86,7 @@ def run_chat(args: argparse.Namespace) -> int:
     model = _model(args.model)
     if args.mmproj is not None:
         regular_file(args.mmproj, "no such mmproj file")
-    trained = from_gguf(model).n_ctx_train  # the header, checked, before anything loads
-    if args.ctx is not None:
-        check_ctx(args.ctx, trained, model)
-    n_ctx = args.ctx or min(DEFAULT_CTX, trained or DEFAULT_CTX)
+    n_ctx = context_for(model, args.ctx)  # the header, checked, before anything loads
     mmproj = args.mmproj or default_mmproj(model)
     store = Store()  # before the load: a bad data dir or database is one line, not a wasted load
     if args.resume is not None:

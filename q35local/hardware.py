@@ -7,13 +7,12 @@ silently.
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
 from quantize.errors import InputError, read_json
-from quantize.validate import REQUIRED, Fields, read_text
+from quantize.validate import REQUIRED, Fields, read_toml
 
 GiB = 1 << 30
 GB = 10**9
@@ -218,13 +217,7 @@ def load_hardware_file(path: Path) -> Hardware:
     if path.suffix == ".json":
         data: object = read_json(path, "no such hardware file", limit=1 << 20)
     else:
-        text = read_text(path, "no such hardware file", limit=1 << 20)
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as e:
-            raise InputError(path, f"not valid TOML: {e}") from None
-        except RecursionError:
-            raise InputError(path, "not valid TOML: nested too deeply") from None
+        data = read_toml(path, "no such hardware file")
     top = Fields(data, path, "", FILE_KEYS)
     ram = _gb(top, "ram_gb", required=True)
     assert ram is not None

@@ -48,11 +48,10 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
 
 def run_run(args: argparse.Namespace) -> int:
     from .chat import AnswerDelta, ChatSession, Done, Error, ThinkingDelta
-    from .modelprofile import default_mmproj, from_gguf
-    from .runtime import open_engine, template_for
+    from .modelprofile import default_mmproj
+    from .runtime import context_for, open_engine, template_for
 
-    trained = from_gguf(args.model).n_ctx_train  # the header, checked, before anything loads
-    n_ctx = args.ctx or min(DEFAULT_CTX, trained or DEFAULT_CTX)
+    n_ctx = context_for(args.model, args.ctx)  # the header, checked, before anything loads
     mmproj = args.mmproj or default_mmproj(args.model)
     engine = open_engine(args.model, mmproj, n_ctx, threads=args.threads, verbose=args.verbose)
     try:

@@ -13,7 +13,7 @@ from quantize.errors import InputError
 
 from .engine import LlamaEngine
 from .hardware import resolve_hardware
-from .limits import check_ctx
+from .limits import DEFAULT_CTX, check_ctx
 from .modelprofile import ModelProfile, from_gguf
 from .planner import Plan, Settings, plan
 from .probe import probe
@@ -44,6 +44,16 @@ def plan_for(profile: ModelProfile, model: Path, mmproj: Path | None, n_ctx: int
             f"`q35 fit {model}` shows what would",
         )
     return p
+
+
+def context_for(model: Path, requested: int | None) -> int:
+    """The context to load `model` with: `requested`, which may not pass the model's trained context,
+    or DEFAULT_CTX where the model's is not shorter. Reads only the (checked) header."""
+    trained = from_gguf(model).n_ctx_train
+    if requested is not None:
+        check_ctx(requested, trained, model)
+        return requested
+    return min(DEFAULT_CTX, trained or DEFAULT_CTX)
 
 
 def open_engine(

@@ -9,7 +9,6 @@ is not a whole number of the chosen type's blocks, llama.cpp's own fallback appl
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
@@ -19,7 +18,7 @@ from gguf import GGMLQuantizationType as T
 
 from .errors import InputError
 from .plan import FTYPES, OutTensor, always_f32
-from .validate import number, read_text
+from .validate import number, read_toml
 
 RECIPE_DIR = Path(str(files("q35local.assets"))) / "recipes"
 
@@ -84,16 +83,8 @@ def parse_type(name: str) -> T:
         raise ValueError(f"unknown ggml type {name!r}") from None
 
 
-def _first_line(e: BaseException) -> str:
-    return str(e).splitlines()[0] if str(e) else type(e).__name__
-
-
 def load_recipe(path: Path) -> Recipe:
-    text = read_text(path, "no such recipe file", limit=1 << 20)
-    try:
-        data = tomllib.loads(text)
-    except (tomllib.TOMLDecodeError, RecursionError) as e:
-        raise InputError(path, f"cannot parse recipe ({_first_line(e)})") from None
+    data = read_toml(path, "no such recipe file")
     raw_rules = data.get("rule")
     if not isinstance(raw_rules, list) or not raw_rules:
         raise InputError(path, "a recipe needs at least one [[rule]]")

@@ -10,6 +10,7 @@ import argparse
 import math
 import os
 import stat
+import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,17 @@ def read_text(path: Path, missing: str = "no such file", limit: int | None = Non
         raise InputError(path, f"not UTF-8 text (byte {e.start})") from None
     except OSError as e:
         raise InputError(path, f"cannot read: {e.strerror or e}") from None
+
+
+def read_toml(path: Path, missing: str = "no such file", limit: int = 1 << 20) -> dict[str, Any]:
+    """A regular file's TOML, or one InputError naming the file (first line of the parser's message)."""
+    text = read_text(path, missing, limit)
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(path, f"not valid TOML: {str(e).splitlines()[0]}") from None
+    except RecursionError:
+        raise InputError(path, "not valid TOML: nested too deeply") from None
 
 
 def number(

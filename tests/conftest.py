@@ -128,3 +128,24 @@ def kld(ref: np.ndarray, got: np.ndarray) -> np.ndarray:
 
     lp, lq = log_softmax(ref), log_softmax(got)
     return (np.exp(lp) * (lp - lq)).sum(axis=-1)
+
+
+def parsed_or_one_line(argv: list[str], option: str) -> object | None:
+    """`option`'s value as `q35 ARGV` parses it, or None when the parser refused it: then exit 2 and
+    one line on stderr naming the command and the option (what every usage error must be)."""
+    import contextlib
+    import io
+
+    from q35local.cli import build_parser
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            args = build_parser(argv).parse_args(argv)
+        except SystemExit as e:
+            assert e.code == 2
+            line = err.getvalue().strip()
+            assert "\n" not in line and line.startswith(f"q35: error: {argv[0]}: argument "), line
+            assert f"{option}: " in line, line
+            return None
+    return getattr(args, option.removeprefix("--").replace("-", "_"))
