@@ -38,7 +38,7 @@ def _plain_render():
     import jinja2.ext
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    from q35local.template import DEFAULT_TEMPLATE
+    from q35local.chat.template import DEFAULT_TEMPLATE
 
     env = ImmutableSandboxedEnvironment(
         trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols]
@@ -51,7 +51,7 @@ def _plain_render():
 
 
 def template_rows() -> None:
-    from q35local.template import ChatTemplate
+    from q35local.chat.template import ChatTemplate
 
     ours, plain = ChatTemplate.default(), _plain_render()
     print("\n| render of the built-in template | jinja2 sandbox, no budget | q35 (budget) | ratio |")

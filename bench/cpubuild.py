@@ -40,9 +40,9 @@ def measure(gguf: Path) -> dict[str, float]:
     """In the child: one load, prefill then decode, on every physical core."""
     import llama_cpp
 
-    from q35local.cpufeatures import installed_features
-    from q35local.engine import LlamaEngine
-    from q35local.sampling import Sampling
+    from q35local.engine.llama import LlamaEngine
+    from q35local.engine.sampling import Sampling
+    from q35local.machine.cpufeatures import installed_features
 
     eng = LlamaEngine(gguf, n_ctx=1024)
     try:

@@ -19,7 +19,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from q35local.official import OFFICIAL
+from q35local.model.official import OFFICIAL
 from quantize.header_cache import HeaderCache
 from quantize.synth import SynthSpec, config_json, shard_groups
 from quantize.synth.tokenizer import cached_tokenizer_json
@@ -30,7 +30,7 @@ RUNS = 5
 
 
 def spec(model: str) -> SynthSpec:
-    """An official config (q35local.official), text only, in ~5 GB shards as published."""
+    """An official config (q35local.model.official), text only, in ~5 GB shards as published."""
     return replace(OFFICIAL[model], vision=None, name=f"{model}-shape", shard_bytes=5 * 10**9)
 
 

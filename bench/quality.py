@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from q35local.kld import DEFAULT_TEXT, compare
+from q35local.commands.kld import DEFAULT_TEXT, compare
 
 ROOT = Path(__file__).resolve().parent.parent
 PAIRS = [

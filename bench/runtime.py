@@ -41,10 +41,10 @@ def model_path() -> Path:
 
 
 def bench_memory(gguf: Path) -> None:
-    from q35local.calibrate import allocations
-    from q35local.modelprofile import from_gguf
-    from q35local.planner import Settings, plan
-    from q35local.probe import probe
+    from q35local.engine.calibrate import allocations
+    from q35local.machine.probe import probe
+    from q35local.model.profile import from_gguf
+    from q35local.planning.planner import Settings, plan
 
     m = from_gguf(gguf)
     hw = probe()
@@ -58,12 +58,12 @@ def bench_memory(gguf: Path) -> None:
 
 def _decode_once(which: str, gguf: Path) -> float:
     """Decode tokens/s of one generation in this process: q35's engine or the bare loop."""
-    from q35local.sampling import NON_THINKING
+    from q35local.engine.sampling import NON_THINKING
 
     threads = psutil.cpu_count(logical=False) or os.cpu_count() or 1
     sampling = NON_THINKING.with_(max_tokens=N_TOKENS, seed=1, presence_penalty=0.0)
     if which == "ours":
-        from q35local.engine import LlamaEngine
+        from q35local.engine.llama import LlamaEngine
 
         eng = LlamaEngine(gguf, n_ctx=2048, n_threads=threads)
         list(eng.generate(PROMPT, sampling=sampling))
@@ -108,10 +108,10 @@ def _decode_in_child(which: str, gguf: Path) -> float:
 
 
 def bench_engine(gguf: Path) -> float:
-    from q35local.modelprofile import from_gguf
-    from q35local.planner import Settings, plan
-    from q35local.probe import probe
-    from q35local.speed import estimate
+    from q35local.machine.probe import probe
+    from q35local.model.profile import from_gguf
+    from q35local.planning.planner import Settings, plan
+    from q35local.planning.speed import estimate
 
     m = from_gguf(gguf)
     hw = probe()
@@ -135,9 +135,9 @@ def bench_engine(gguf: Path) -> float:
 
 def bench_app(gguf: Path) -> None:
     """The app (headless Pilot, real engine) against the same engine alone, in this one process."""
-    from q35local.engine import LlamaEngine
-    from q35local.sampling import NON_THINKING
-    from q35local.template import ChatTemplate
+    from q35local.chat.template import ChatTemplate
+    from q35local.engine.llama import LlamaEngine
+    from q35local.engine.sampling import NON_THINKING
     from q35local.tui.app import ChatApp
 
     threads = psutil.cpu_count(logical=False) or os.cpu_count() or 1
@@ -149,7 +149,7 @@ def bench_app(gguf: Path) -> None:
 
     def run_path() -> float:
         """What `q35 run` does once its engine is loaded: a ChatSession turn, the answer to stdout."""
-        from q35local.chat import AnswerDelta, ChatSession, Done
+        from q35local.chat.session import AnswerDelta, ChatSession, Done
 
         session = ChatSession(eng, None, ChatTemplate.default(), think=False, sampling=sampling)
         sink = open(os.devnull, "w")  # noqa: SIM115 - stands for the terminal

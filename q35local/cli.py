@@ -9,21 +9,20 @@ import os
 import sys
 from typing import NoReturn
 
+from q35local import __version__
 from quantize.errors import InputError
-
-from . import __version__
 
 # command -> (module, function adding its subparser), in the order `q35 --help` lists them. Only
 # the module of the command being run is imported: a `q35 quantize --dry-run` need not load the
 # planner, the chat app or llama.cpp's bindings.
 COMMANDS = {
     "quantize": ("quantize.cli", "add_quantize_parser"),
-    "fit": ("q35local.fit", "add_fit_parser"),
-    "chat": ("q35local.chat_cli", "add_chat_parser"),
-    "run": ("q35local.run", "add_run_parser"),
-    "pull": ("q35local.pull", "add_pull_parser"),
-    "inspect": ("q35local.inspect", "add_inspect_parser"),
-    "kld": ("q35local.kld", "add_kld_parser"),
+    "fit": ("q35local.commands.fit", "add_fit_parser"),
+    "chat": ("q35local.commands.chat", "add_chat_parser"),
+    "run": ("q35local.commands.run", "add_run_parser"),
+    "pull": ("q35local.commands.pull", "add_pull_parser"),
+    "inspect": ("q35local.commands.inspect", "add_inspect_parser"),
+    "kld": ("q35local.commands.kld", "add_kld_parser"),
     "make-tiny": ("quantize.cli", "add_make_tiny_parser"),
 }
 

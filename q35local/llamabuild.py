@@ -337,46 +337,10 @@ def library_identity(lib: Path | None) -> str:
 # --- the self-test --------------------------------------------------------------------------------
 
 
-def selftest_model() -> Path:
-    """The generated tiny Qwen 3.5 MoE at Q8_0 (Q8_0 weights take ggml's AMX path where it exists)."""
-    from quantize.convert import ConvertOptions, convert
-    from quantize.synth import spec_for, write_checkpoint
-
-    root = cache_dir() / "selftest"
-    gguf = root / "tiny-moe-Q8_0.gguf"
-    if not gguf.exists():
-        ckpt = root / "tiny-moe"
-        if not (ckpt / "config.json").exists():
-            write_checkpoint(ckpt, spec_for("tiny-moe", vision=None))
-        convert(ConvertOptions(checkpoint=ckpt, output=gguf, quant="Q8_0", mtp=False))
-    return gguf
-
-
-def selftest_child(gguf: Path, threads: int, n_prompt: int) -> None:
-    """Runs in the child: the real engine, loaded with llama.cpp's extra buffer types on (the
-    repack/AMX path), a prompt of `n_prompt` tokens prefilled in one batch on `threads` threads, then
-    8 greedy tokens. A dead child is the verdict."""
-    from .engine import LlamaEngine
-    from .sampling import Sampling
-
-    eng = LlamaEngine(gguf, n_ctx=512, n_threads=threads, extra_bufts=True)
-    try:
-        words = ("the", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog", "and", "counts")
-        prompt, i = "", 0
-        while len(eng.tokenize(prompt)) < n_prompt:
-            prompt, i = f"{prompt} {words[i % len(words)]}", i + 1
-        for _ in eng.generate(prompt, sampling=Sampling(temperature=0.0, max_tokens=8)):
-            pass
-        st = eng.last_stats
-    finally:
-        eng.close()
-    print(f"prefill of {st.prefill_tokens} tokens and {st.completion_tokens} decoded on {threads} threads")
-
-
 def run_selftest(python: str = sys.executable, timeout: float = SELFTEST_TIMEOUT_S) -> tuple[bool, str]:
     """(passed, what happened) from a fresh interpreter, so a crash kills it rather than setup."""
     threads = max(2, min(4, os.cpu_count() or 2))
-    cmd = [python, "-m", "q35local.llamabuild", "selftest-child", "--threads", str(threads)]
+    cmd = [python, "-m", "q35local.engine.selftest", "--threads", str(threads)]
     return judge(cmd, timeout)
 
 
@@ -503,9 +467,6 @@ def main(argv: list[str] | None = None) -> int:
         s.add_argument("--cpu", choices=CHOICES, default="auto")
     s = sub.add_parser("plan", help="print the builds that would be tried here")
     s.add_argument("--cpu", choices=CHOICES, default="auto")
-    s = sub.add_parser("selftest-child")
-    s.add_argument("--threads", type=int, default=2)
-    s.add_argument("--tokens", type=int, default=SELFTEST_PROMPT_TOKENS)
     args = p.parse_args(argv)
     if args.step == "install":
         if not still_good(read_record(), args.cpu):
@@ -514,11 +475,9 @@ def main(argv: list[str] | None = None) -> int:
         rec = read_record()
         if not (rec and rec.selftest == "passed" and rec.library == library_identity(cpu_library())):
             verify(args.cpu)
-    elif args.step == "plan":
+    else:
         for cfg in ladder_for(args.cpu):
             print(f"{cfg.name}: {shlex.join(cfg.cmake_args)} {' '.join(cfg.cflags)}  ({cfg.why})")
-    else:
-        selftest_child(selftest_model(), args.threads, args.tokens)
     return 0
 
 

@@ -211,7 +211,7 @@ def _chat_template(ckpt: Path, tc: dict) -> str | None:
     """chat_template.jinja when the checkpoint has one, else tokenizer_config.json's chat_template (a
     string, or transformers' list of {"name", "template"}, whose "default" is the chat's). One over
     the chat's limit is refused here, naming its file, rather than written into a GGUF nothing runs."""
-    from q35local.template import MAX_TEMPLATE_BYTES, too_big_message
+    from q35local.chat.template import MAX_TEMPLATE_BYTES, too_big_message
 
     jinja = ckpt / "chat_template.jinja"
     if jinja.exists() or jinja.is_symlink():  # a dangling link is a mistake to report, not to skip

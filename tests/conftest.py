@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import settings
 
-from q35local.hardware import GiB
+from q35local.machine.hardware import GiB
 from quantize.convert import ConvertOptions, convert
 from quantize.synth import spec_for, write_checkpoint
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from q35local.engine import EngineError, EngineInfo, GenStats
-from q35local.sampling import Sampling
+from q35local.engine.llama import EngineError, EngineInfo, GenStats
+from q35local.engine.sampling import Sampling
 
 Piece = str | BaseException
 DEFAULT_SAMPLING = Sampling()

@@ -18,11 +18,10 @@ from pathlib import Path
 import pytest
 from conftest import gguf_for
 
-from q35local import template
-from q35local.engine import LlamaEngine
-from q35local.runtime import template_for
-from q35local.store import Store
-from q35local.template import DEFAULT_TEMPLATE, TemplateError
+from q35local.chat import template
+from q35local.chat.store import Store
+from q35local.chat.template import DEFAULT_TEMPLATE, TemplateError, template_for
+from q35local.engine.llama import LlamaEngine
 from quantize.convert import ConvertOptions, convert
 from quantize.errors import InputError
 
@@ -168,9 +167,10 @@ STUCK_CHAT = textwrap.dedent(
     import sys, threading
     sys.path.insert(0, sys.argv[1])
     from fake_engine import FakeEngine
-    import q35local.runtime as runtime
+    import q35local.engine.runtime as runtime
     import q35local.tui.app as tui_app
-    from q35local.template import ChatTemplate
+    import q35local.chat.template as template_module
+    from q35local.chat.template import ChatTemplate
 
     class Stuck(FakeEngine):
         def _stream(self, call, script):
@@ -178,7 +178,7 @@ STUCK_CHAT = textwrap.dedent(
             threading.Event().wait()  # an engine call that never returns, whatever stop says
 
     runtime.open_engine = lambda *a, **k: Stuck()
-    runtime.template_for = lambda engine: ChatTemplate.default()
+    template_module.template_for = lambda engine: ChatTemplate.default()
 
     async def pilot(p):
         app = p.app

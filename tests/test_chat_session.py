@@ -11,13 +11,13 @@ import pytest
 from fake_engine import FakeEngine
 from PIL import Image
 
-from q35local import chat
-from q35local.chat import AnswerDelta, ChatSession, Done, Error, Event, ThinkingDelta
-from q35local.engine import EngineError
-from q35local.images import PreparedImage
-from q35local.sampling import NON_THINKING, THINKING
-from q35local.store import Store
-from q35local.template import ChatTemplate
+from q35local.chat import session as chat
+from q35local.chat.images import PreparedImage
+from q35local.chat.session import AnswerDelta, ChatSession, Done, Error, Event, ThinkingDelta
+from q35local.chat.store import Store
+from q35local.chat.template import ChatTemplate
+from q35local.engine.llama import EngineError
+from q35local.engine.sampling import NON_THINKING, THINKING
 
 IMAGE_SPAN = "<|vision_start|><|image_pad|><|vision_end|>"
 THOUGHTFUL = ["<think>", "\nLet me", " see.\n", "</think>", "\n\nIt is", " 4."]

@@ -68,7 +68,8 @@ def test_dry_run_json_loads_only_what_it_needs(small_moe_ckpt: Path, tmp_path: P
     argv = ["quantize", str(small_moe_ckpt), "-o", str(tmp_path / "x.gguf"), "--dry-run", "--json"]
     code = (
         f"import sys; from q35local.cli import main; main({argv!r}); "
-        "print(sorted(m for m in ('q35local.fit', 'q35local.planner', 'textual', 'rich', 'llama_cpp') "
+        "print(sorted(m for m in ('q35local.commands.fit', 'q35local.planning.planner', 'textual', 'rich', "
+        "'llama_cpp') "
         "if m in sys.modules), file=sys.stderr)"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

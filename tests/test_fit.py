@@ -14,16 +14,16 @@ import pytest
 from conftest import gguf_for
 from test_fuzz_gguf import copy_with
 
-from q35local import llamalog
-from q35local.calibrate import allocations
 from q35local.cli import main
-from q35local.hardware import PROFILES, Device, GiB, Hardware
-from q35local.loader import load_model, model_params
-from q35local.modelprofile import from_checkpoint, from_gguf
-from q35local.official import OFFICIAL, PUBLISHED_PARAMS, official_profile, spec_params
-from q35local.planner import Plan, Settings, experts_regex, plan
-from q35local.probe import probe
-from q35local.speed import estimate
+from q35local.engine import llamalog
+from q35local.engine.calibrate import allocations
+from q35local.engine.loader import load_model, model_params
+from q35local.machine.hardware import PROFILES, Device, GiB, Hardware
+from q35local.machine.probe import probe
+from q35local.model.official import OFFICIAL, PUBLISHED_PARAMS, official_profile, spec_params
+from q35local.model.profile import from_checkpoint, from_gguf
+from q35local.planning.planner import Plan, Settings, experts_regex, plan
+from q35local.planning.speed import estimate
 
 MiB = 1 << 20
 
@@ -145,7 +145,7 @@ def test_397b_on_a_256gb_mac_studio() -> None:
     m4 = official_profile("Qwen3.5-397B-A17B", "Q4_K_XL")
     p4 = plan(m4, hw, Settings(n_ctx=32768))
     assert not p4.fits and any("RAM" in r for r in p4.reasons)  # 248 GB in 256 GiB of unified memory
-    from q35local.fit import suggestions
+    from q35local.commands.fit import suggestions
 
     sugg = suggestions(m4, hw, Settings(n_ctx=32768), p4)
     assert any("--quant Q3_K_XL" in s for s in sugg)
@@ -309,8 +309,8 @@ def test_fit_corrupt_gguf(tmp_path: Path) -> None:
 
 
 def test_llama_cpp_device_memory_wins() -> None:
-    from q35local.ggml_devices import GgmlDevice
-    from q35local.probe import merge_llama_devices
+    from q35local.machine.ggml_devices import GgmlDevice
+    from q35local.machine.probe import merge_llama_devices
 
     mac = PROFILES["mac-studio-m3-ultra-512"]
     metal = GgmlDevice("MTL0", "Apple M3 Ultra", "GPU", 400 * GiB, 420 * GiB, 0)

@@ -16,10 +16,10 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from q35local.hardware import FILE_KEYS, GPU_KEYS, Hardware, load_hardware_file
-from q35local.official import official_profile
-from q35local.planner import Settings, plan
-from q35local.speed import estimate
+from q35local.machine.hardware import FILE_KEYS, GPU_KEYS, Hardware, load_hardware_file
+from q35local.model.official import official_profile
+from q35local.planning.planner import Settings, plan
+from q35local.planning.speed import estimate
 from quantize.errors import InputError
 
 _DELETE = object()

@@ -13,7 +13,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from q35local.images import MAX_SOURCE_PIXELS, PreparedImage, fit_size, looks_like_image_path, prepare_image
+from q35local.chat.images import (
+    MAX_SOURCE_PIXELS,
+    PreparedImage,
+    fit_size,
+    looks_like_image_path,
+    prepare_image,
+)
 from quantize.errors import InputError
 
 BUDGET = {"min_pixels": 256 * 256, "max_pixels": 1024 * 1024}

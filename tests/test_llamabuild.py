@@ -15,7 +15,13 @@ from pathlib import Path
 import pytest
 
 from q35local import llamabuild as lb
-from q35local.cpufeatures import compare, describe, extra_bufts_safe, installed_features, parse_system_info
+from q35local.machine.cpufeatures import (
+    compare,
+    describe,
+    extra_bufts_safe,
+    installed_features,
+    parse_system_info,
+)
 
 SPR = lb.cpu_flags(
     "flags : fpu sse sse2 ssse3 sse4_1 sse4_2 pni avx avx2 fma f16c bmi2 avx512f avx512bw avx512vbmi "
@@ -176,7 +182,7 @@ def test_a_long_prefill_on_two_threads_through_the_real_engine(moe_ckpt: Path) -
 
     gguf = gguf_for(moe_ckpt, "Q8_0")
     code = (
-        "import sys; from pathlib import Path; from q35local.llamabuild import selftest_child; "
+        "import sys; from pathlib import Path; from q35local.engine.selftest import selftest_child; "
         f"selftest_child(Path({str(gguf)!r}), 2, 80)"
     )
     ok, detail = lb.judge([sys.executable, "-c", code], 300)

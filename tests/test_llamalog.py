@@ -49,7 +49,7 @@ def test_image_traces_go_to_the_log_not_the_terminal(tiny: Path, tmp_path: Path)
 def test_direct_writes_to_fd2_reach_the_log_even_when_the_process_aborts(tmp_path: Path) -> None:
     code = (
         "import ctypes, os, sys\n"
-        "from q35local import llamalog\n"
+        "from q35local.engine import llamalog\n"
         "llamalog.route_stderr()\n"
         "print('python stderr still reaches the terminal', file=sys.stderr)\n"
         "libc = ctypes.CDLL(None)\n"

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from q35local import probe as probe_mod
-from q35local.hardware import (
+from q35local.machine import probe as probe_mod
+from q35local.machine.hardware import (
     PROFILES,
     Hardware,
     load_hardware_file,
@@ -23,7 +23,7 @@ from q35local.hardware import (
     nvidia_bandwidth,
     resolve_hardware,
 )
-from q35local.probe import (
+from q35local.machine.probe import (
     NVIDIA_QUERY,
     _run,
     apple_hardware,
@@ -676,7 +676,7 @@ def test_profile_counts() -> None:
 
 
 def test_disk_free_and_read_speed_where_the_model_lies(tmp_path: Path) -> None:
-    from q35local.probe import disk_read_speed, probe
+    from q35local.machine.probe import disk_read_speed, probe
 
     big = tmp_path / "model.gguf"
     with open(big, "wb") as f:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from conftest import gguf_for
 
-from q35local.kld import DEFAULT_TEXT, compare
+from q35local.commands.kld import DEFAULT_TEXT, compare
 
 
 @pytest.mark.parametrize("ours,stock", [("Q4_K_XL", "Q4_K_M"), ("Q2_K_XL", "Q2_K")])

@@ -16,7 +16,7 @@ from PIL import Image
 from test_fuzz_gguf import copy_with
 from test_hub import make_cache
 
-from q35local.pull import choose_files
+from q35local.commands.pull import choose_files
 from quantize.convert import ConvertOptions, convert
 from quantize.synth import spec_for, write_checkpoint
 

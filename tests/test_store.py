@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from q35local.store import Store, default_path
+from q35local.chat.store import Store, default_path
 from quantize.errors import InputError
 
 ROOT = Path(__file__).parents[1]
@@ -114,7 +114,7 @@ def test_a_partial_write_is_visible_to_another_process_at_once(store: Store) -> 
 
 def test_a_killed_writer_loses_nothing_it_wrote(data_dir: Path) -> None:
     code = (
-        "import os, signal; from q35local.store import Store; s = Store();"
+        "import os, signal; from q35local.chat.store import Store; s = Store();"
         "c = s.new_conversation('m'); s.add_message(c, 'user', 'hi');"
         "a = s.add_message(c, 'assistant', complete=False);"
         "s.update_message(a, content='partial', thinking='t');"

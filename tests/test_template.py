@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from q35local import template
-from q35local.template import DEFAULT_TEMPLATE, ChatTemplate, TemplateError, opens_thinking
+from q35local.chat import template
+from q35local.chat.template import DEFAULT_TEMPLATE, ChatTemplate, TemplateError, opens_thinking
 from quantize.errors import InputError
 
 TEMPLATE_FILE = Path(__file__).parents[1] / "quantize" / "synth" / "chat_template.jinja"

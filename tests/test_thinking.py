@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 import pytest
 
-from q35local.thinking import ThinkSplitter
+from q35local.chat.thinking import ThinkSplitter
 
 BOTH = "<think>\nLet me think.\n\nIt is 2+2.\n</think>\n\nThe answer is **4**.\nDone."
 BOTH_EXPECTED = [("thinking", "Let me think.\n\nIt is 2+2."), ("answer", "The answer is **4**.\nDone.")]

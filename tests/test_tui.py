@@ -22,11 +22,11 @@ from textual.pilot import Pilot
 from textual.widgets import DirectoryTree, Input, Markdown
 from textual.widgets.markdown import MarkdownFence
 
-from q35local import template as template_module
-from q35local.engine import EngineError
-from q35local.sampling import NON_THINKING
-from q35local.store import Store
-from q35local.template import ChatTemplate
+from q35local.chat import template as template_module
+from q35local.chat.store import Store
+from q35local.chat.template import ChatTemplate
+from q35local.engine.llama import EngineError
+from q35local.engine.sampling import NON_THINKING
 from q35local.tui import ChatApp
 from q35local.tui.screens import ConversationsScreen, ImagePicker, TextPrompt
 from q35local.tui.streaming import DeltaBuffer, Pacer, describe_error

@@ -20,9 +20,9 @@ from conftest import gguf_for
 from PIL import Image
 from test_tui import finished, last_reply, send, wait_until
 
-from q35local.engine import LlamaEngine
-from q35local.sampling import Sampling
-from q35local.store import Store
+from q35local.chat.store import Store
+from q35local.engine.llama import LlamaEngine
+from q35local.engine.sampling import Sampling
 from q35local.tui import ChatApp
 
 SIZE = (100, 32)
@@ -66,7 +66,7 @@ def engine(moe_ckpt: Path) -> Iterator[LlamaEngine]:
 
 
 def app_for(engine: LlamaEngine, store: Store, **kw: object) -> tuple[ChatApp, Recording]:
-    from q35local.runtime import template_for
+    from q35local.chat.template import template_for
 
     rec = Recording(engine)
     return ChatApp(rec, store, template_for(engine), **kw), rec  # type: ignore[arg-type]
@@ -148,10 +148,10 @@ KILLED_MID_REPLY = textwrap.dedent(
     """
     import asyncio, sys
     from pathlib import Path
-    from q35local.engine import LlamaEngine
-    from q35local.runtime import template_for
-    from q35local.sampling import Sampling
-    from q35local.store import Store
+    from q35local.engine.llama import LlamaEngine
+    from q35local.chat.template import template_for
+    from q35local.engine.sampling import Sampling
+    from q35local.chat.store import Store
     from q35local.tui import ChatApp
 
     eng = LlamaEngine(Path(sys.argv[1]), n_ctx=4096)

@@ -14,8 +14,8 @@ import pytest
 from fake_engine import Call, FakeEngine
 from textual.pilot import Pilot
 
-from q35local.store import Store
-from q35local.template import ChatTemplate
+from q35local.chat.store import Store
+from q35local.chat.template import ChatTemplate
 from q35local.tui import ChatApp
 
 SIZE = (100, 30)

@@ -40,21 +40,27 @@ from textual.timer import Timer
 from textual.widget import Widget
 from textual.widgets import Footer, Static
 
-from q35local.chat import NO_VISION, AnswerDelta, ChatSession, Done, Event, ThinkingDelta
-from q35local.chat import Error as ChatError
-from q35local.engine import Engine, GenStats
-from q35local.images import PreparedImage, looks_like_image_path, prepare_image
-from q35local.sampling import Sampling
-from q35local.store import Store
-from q35local.template import ChatTemplate
+from q35local.chat.images import PreparedImage, looks_like_image_path, prepare_image
+from q35local.chat.session import NO_VISION, AnswerDelta, ChatSession, Done, Event, ThinkingDelta
+from q35local.chat.session import Error as ChatError
+from q35local.chat.store import Store
+from q35local.chat.template import ChatTemplate
+from q35local.engine.llama import Engine, GenStats
+from q35local.engine.sampling import Sampling
+from q35local.tui.screens import ConversationsScreen, ImagePicker, export_conversation
+from q35local.tui.screens.conversations import Choice, default_export_name
+from q35local.tui.streaming import DeltaBuffer, Pacer, describe_error
+from q35local.tui.widgets import (
+    AssistantMessage,
+    NoticeLine,
+    PromptInput,
+    StatusBar,
+    UserMessage,
+    status_text,
+)
+from q35local.tui.widgets.messages import history_widgets
+from q35local.tui.widgets.thumbnail import describe
 from quantize.errors import InputError
-
-from .screens import ConversationsScreen, ImagePicker, export_conversation
-from .screens.conversations import Choice, default_export_name
-from .streaming import DeltaBuffer, Pacer, describe_error
-from .widgets import AssistantMessage, NoticeLine, PromptInput, StatusBar, UserMessage, status_text
-from .widgets.messages import history_widgets
-from .widgets.thumbnail import describe
 
 STOP_WAIT_S = 0.5  # Esc ends the turn in the UI after this if the reply's thread has not returned
 
@@ -710,7 +716,7 @@ def launch(app: ChatApp) -> int:
     textual-image must query the terminal for Kitty/Sixel support before Textual takes over stdin, so
     it is imported here; thumbnails then use the best protocol the terminal has.
     """
-    from .widgets.thumbnail import image_widget
+    from q35local.tui.widgets.thumbnail import image_widget
 
     app.graphics = image_widget(True) is not None  # the import queries the terminal, now or never
     app.run()

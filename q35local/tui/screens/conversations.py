@@ -22,11 +22,10 @@ from textual.screen import ModalScreen
 from textual.widgets import Label, OptionList
 from textual.widgets.option_list import Option
 
-from q35local.store import Store
+from q35local.chat.store import Store
+from q35local.tui.screens.dialogs import Confirm, TextPrompt
 from quantize.errors import InputError
 from quantize.validate import regular_file
-
-from .dialogs import Confirm, TextPrompt
 
 Choice = int | Literal["new"] | None
 

@@ -12,7 +12,7 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import DirectoryTree, Input, Label
 
-from q35local.images import SUFFIXES
+from q35local.chat.images import SUFFIXES
 
 
 class ImageTree(DirectoryTree):

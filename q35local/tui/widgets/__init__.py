@@ -1,8 +1,8 @@
 """Widgets of the chat screen."""
 
-from .messages import AssistantMessage, MessageView, NoticeLine, UserMessage
-from .prompt import PromptInput
-from .status import StatusBar, status_text
+from q35local.tui.widgets.messages import AssistantMessage, MessageView, NoticeLine, UserMessage
+from q35local.tui.widgets.prompt import PromptInput
+from q35local.tui.widgets.status import StatusBar, status_text
 
 __all__ = [
     "AssistantMessage",

@@ -20,9 +20,8 @@ from textual.widget import Widget
 from textual.widgets import Collapsible, Markdown, Static
 from textual.widgets.markdown import MarkdownFence, MarkdownStream
 
-from q35local.engine import GenStats
-
-from .thumbnail import Attachment, thumbnail
+from q35local.engine.llama import GenStats
+from q35local.tui.widgets.thumbnail import Attachment, thumbnail
 
 THINKING_LIVE = "Thinking…"
 THINKING_DONE = "Thoughts"

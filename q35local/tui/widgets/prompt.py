@@ -10,7 +10,7 @@ from textual import events
 from textual.message import Message
 from textual.widgets import TextArea
 
-from q35local.images import looks_like_image_path
+from q35local.chat.images import looks_like_image_path
 
 NEWLINE_KEYS = ("ctrl+j", "shift+enter", "alt+enter")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
-from q35local.engine import EngineInfo, GenStats
+from q35local.engine.llama import EngineInfo, GenStats
 
 
 def status_text(

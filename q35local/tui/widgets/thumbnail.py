@@ -16,7 +16,7 @@ from textual.containers import Vertical
 from textual.widget import Widget
 from textual.widgets import Static
 
-from q35local.images import PreparedImage, prepare_image
+from q35local.chat.images import PreparedImage, prepare_image
 from quantize.errors import InputError
 
 Attachment = PreparedImage | Path

@@ -16,10 +16,9 @@ from pathlib import Path
 
 from llama_cpp import llama_cpp
 
+from q35local.machine.ggml_devices import buffer_type
+from q35local.planning.planner import Plan
 from quantize.errors import InputError
-
-from .ggml_devices import buffer_type
-from .planner import Plan
 
 
 class _Override(ctypes.Structure):
@@ -84,8 +83,8 @@ def model_params(
 @functools.cache
 def extra_bufts_allowed() -> bool:
     """False only for a build with AMX compiled in that make setup's self-test has not cleared."""
-    from .cpufeatures import extra_bufts_safe, installed_features
-    from .llamabuild import cpu_library, library_identity, read_record
+    from q35local.llamabuild import cpu_library, library_identity, read_record
+    from q35local.machine.cpufeatures import extra_bufts_safe, installed_features
 
     return extra_bufts_safe(installed_features(), read_record(), library_identity(cpu_library()))
 
@@ -94,9 +93,8 @@ def load_model(path: Path, lp: LoadParams) -> int:
     """llama_model pointer, or an InputError naming the file: our header check first (it refuses
     what would make llama.cpp abort, such as a general.alignment of the wrong type), then llama.cpp's
     own reason, from its log, when it still refuses the file."""
+    from q35local.engine import llamalog
     from quantize.gguf_read import read_gguf
-
-    from . import llamalog
 
     read_gguf(Path(path))
     llamalog.capture()

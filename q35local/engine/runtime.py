@@ -9,15 +9,13 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from q35local.engine.llama import LlamaEngine
+from q35local.limits import DEFAULT_CTX, check_ctx
+from q35local.machine.hardware import resolve_hardware
+from q35local.machine.probe import probe
+from q35local.model.profile import ModelProfile, from_gguf
+from q35local.planning.planner import Plan, Settings, plan
 from quantize.errors import InputError
-
-from .engine import LlamaEngine
-from .hardware import resolve_hardware
-from .limits import DEFAULT_CTX, check_ctx
-from .modelprofile import ModelProfile, from_gguf
-from .planner import Plan, Settings, plan
-from .probe import probe
-from .template import ChatTemplate
 
 
 def layout_line(p: Plan) -> str:
@@ -67,7 +65,7 @@ def open_engine(
 ) -> LlamaEngine:
     """`verbose` echoes llama.cpp's output to the terminal as well as to its log file (never in
     `q35 chat`, whose screen it would break: there the log is printed after the screen closes)."""
-    from . import llamalog
+    from q35local.engine import llamalog
 
     if mmproj is not None and not mmproj.is_file():
         raise InputError(mmproj, "no such mmproj file")
@@ -85,11 +83,3 @@ def open_engine(
         n_threads=threads,
         profile=profile,
     )
-
-
-def template_for(engine: LlamaEngine) -> ChatTemplate:
-    """The GGUF's own chat template (sandboxed), or ours when it has none."""
-    src = engine.info.chat_template
-    if not src:
-        return ChatTemplate.default()
-    return ChatTemplate.from_string(src, f"{engine.info.model_path} (tokenizer.chat_template)")

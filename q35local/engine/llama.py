@@ -22,16 +22,15 @@ import numpy as np
 import psutil
 from llama_cpp import llama_cpp
 
+from q35local.engine.sampling import Sampling
+from q35local.engine.vision import Vision
 from quantize.stream import prefetch
-
-from .sampling import Sampling
-from .vision import Vision
 
 DEFAULT_SAMPLING = Sampling()
 
 if TYPE_CHECKING:
-    from .modelprofile import ModelProfile
-    from .planner import Plan
+    from q35local.model.profile import ModelProfile
+    from q35local.planning.planner import Plan
 
 
 @dataclass
@@ -144,9 +143,9 @@ class LlamaEngine:
         profile: ModelProfile | None,
         extra_bufts: bool | None,
     ) -> None:
-        from . import llamalog
-        from .loader import context_params, load_model, model_params
-        from .modelprofile import from_gguf
+        from q35local.engine import llamalog
+        from q35local.engine.loader import context_params, load_model, model_params
+        from q35local.model.profile import from_gguf
 
         llamalog.capture()
         profile = profile or from_gguf(Path(model_path))

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .hardware import Hardware
-from .modelprofile import ModelProfile
-from .planner import Plan, ram_need
+from q35local.machine.hardware import Hardware
+from q35local.model.profile import ModelProfile
+from q35local.planning.planner import Plan, ram_need
 
 ETA = {"cuda": 0.75, "metal": 0.70}  # share of spec bandwidth a decode reaches (fit.md 3.7)
 ETA_CPU = 0.6  # of theoretical DDR bandwidth

@@ -13,16 +13,15 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from q35local.limits import CTX, DEFAULT_CTX, MARGIN_GIB, PARALLEL, check_ctx, quant_arg
+from q35local.machine.hardware import PROFILES, GiB, Hardware, resolve_hardware
+from q35local.model.official import OFFICIAL, lookup, official_profiles
+from q35local.model.profile import ModelProfile, default_mmproj, from_checkpoint, from_gguf
+from q35local.planning.planner import Plan, Settings, plan, ram_need
+from q35local.planning.speed import Estimate, estimate
 from quantize.errors import InputError
 from quantize.gguf_read import read_gguf
 from quantize.validate import float_arg, int_arg
-
-from .hardware import PROFILES, GiB, Hardware, resolve_hardware
-from .limits import CTX, DEFAULT_CTX, MARGIN_GIB, PARALLEL, check_ctx, quant_arg
-from .modelprofile import ModelProfile, default_mmproj, from_checkpoint, from_gguf
-from .official import OFFICIAL, lookup, official_profiles
-from .planner import Plan, Settings, plan, ram_need
-from .speed import Estimate, estimate
 
 LADDER = ["Q8_0", "Q6_K_XL", "Q5_K_XL", "Q4_K_XL", "Q3_K_XL", "Q2_K_XL"]  # --best and "a lower preset"
 
@@ -391,16 +390,16 @@ def run_fit(args: argparse.Namespace) -> int:
     p = plan(m, hw, s)
     factors = None
     if args.calibrate:
-        from .calibrate import calibrate
+        from q35local.engine.calibrate import calibrate
 
         factors = calibrate(Path(args.model), m, hw, p, console=None if args.json else console)
     else:
-        from .calibrate import load_factors
+        from q35local.engine.calibrate import load_factors
 
         factors = load_factors(hw) if args.hardware == "auto" else None
     if not p.fits and not hw.devices and args.hardware == "auto" and local is not None and local.is_file():
         # paging from disk is the question now: measure the disk the model lies on
-        from .probe import disk_read_speed
+        from q35local.machine.probe import disk_read_speed
 
         hw = hw.with_(disk_read_gbs=disk_read_speed(local))
     e = estimate(m, hw, p, factors)

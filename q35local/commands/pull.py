@@ -8,10 +8,9 @@ import argparse
 import re
 from pathlib import Path
 
+from q35local.limits import quant_arg
 from quantize.errors import InputError
 from quantize.gguf_read import read_gguf
-
-from .limits import quant_arg
 
 _MMPROJ_ORDER = ("F16", "BF16", "Q8_0", "F32")
 

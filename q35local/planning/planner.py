@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from .hardware import Device, GiB, Hardware
-from .modelprofile import ModelProfile
+from q35local.machine.hardware import Device, GiB, Hardware
+from q35local.model.profile import ModelProfile
 
 MiB = 1 << 20
 CUDA_OVERHEAD = 400 * MiB  # the CUDA context and cuBLAS workspace: allocated before any weight

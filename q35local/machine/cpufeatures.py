@@ -81,7 +81,7 @@ def cpu_reported() -> frozenset[str] | None:
         except (OSError, subprocess.TimeoutExpired):
             return None
         return parse_mac_sysctl(out) if platform.machine() == "arm64" else None
-    from .llamabuild import cpu_flags
+    from q35local.llamabuild import cpu_flags
 
     try:
         Path("/proc/cpuinfo").stat()
@@ -119,7 +119,7 @@ def installed_features() -> frozenset[str]:
 
 def describe(check: BuildCheck, record: object | None) -> list[str]:
     """Lines for `q35 inspect` and `q35 fit`: how the build was made, what it uses, what it lacks."""
-    from .llamabuild import BuildRecord
+    from q35local.llamabuild import BuildRecord
 
     lines = []
     if isinstance(record, BuildRecord):
@@ -150,7 +150,7 @@ def extra_bufts_safe(used: frozenset[str], record: object | None, library_id: st
     A build with AMX is trusted only if make setup's self-test passed on this very library; without
     that (a llama-cpp-python built by pip with llama.cpp's defaults on an AMX Xeon) the extra buffer
     types are turned off, which keeps the AMX kernels from ever running."""
-    from .llamabuild import BuildRecord
+    from q35local.llamabuild import BuildRecord
 
     if "AMX_INT8" not in used:
         return True
@@ -159,7 +159,7 @@ def extra_bufts_safe(used: frozenset[str], record: object | None, library_id: st
 
 def report_lines() -> list[str]:
     """The installed llama.cpp build against this CPU, for `q35 inspect` and `q35 fit`'s probe."""
-    from .llamabuild import read_record
+    from q35local.llamabuild import read_record
 
     try:
         used = installed_features()

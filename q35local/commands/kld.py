@@ -13,10 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from q35local.limits import KLD_TOKENS, KLD_WINDOW
 from quantize.errors import InputError
 from quantize.validate import int_arg, read_text
-
-from .limits import KLD_TOKENS, KLD_WINDOW
 
 DEFAULT_TEXT = Path(str(files("q35local.assets"))) / "kld-text.txt"
 
@@ -57,9 +56,9 @@ def _load(path: Path, n_ctx: int):
     shard); llama.cpp's own reason (from its log) when it still refuses the file."""
     from llama_cpp import Llama
 
-    from . import llamalog
-    from .loader import LOAD_FAILED, load_error
-    from .modelprofile import from_gguf
+    from q35local.engine import llamalog
+    from q35local.engine.loader import LOAD_FAILED, load_error
+    from q35local.model.profile import from_gguf
 
     from_gguf(path)  # the header and the metadata checked: llama.cpp aborts on some lies
     llamalog.capture()  # its log, in place of llama-cpp-python's: the reason if it refuses the file

@@ -130,6 +130,7 @@ HEADER_BYTES = 10_950_000  # a Qwen 3.5 GGUF header: metadata and the 248K-token
 def official_profiles(name: str, quants: list[str]) -> dict:  # -> dict[str, ModelProfile]
     """What `q35 quantize` would write for this official model, per quantization: the quantizer's own
     planning (tensor types from the same recipes), the header taken as its measured size."""
+    from q35local.model.profile import from_tensors
     from quantize.metadata import hparams
     from quantize.mmproj import plan_mmproj
     from quantize.plan import n_blocks, plan_text
@@ -137,8 +138,6 @@ def official_profiles(name: str, quants: list[str]) -> dict:  # -> dict[str, Mod
     from quantize.scheme import resolve
     from quantize.stock import apply_stock
     from quantize.usercache import cache_dir
-
-    from .modelprofile import from_tensors
 
     spec = lookup(name)
     if spec is None:

@@ -7,10 +7,9 @@ from pathlib import Path
 
 from llama_cpp import llama_cpp
 
+from q35local.limits import MAX_TOKENS
 from quantize.errors import InputError
 from quantize.validate import int_arg
-
-from .limits import MAX_TOKENS
 
 
 def add_inspect_parser(sub: argparse._SubParsersAction) -> None:
@@ -49,13 +48,13 @@ def run_inspect(args: argparse.Namespace) -> int:
             "  "
             + ", ".join(f"{k}={_show(get(f'{arch}.{k}'))}" for k in keys if get(f"{arch}.{k}") is not None)
         )
-    from .cpufeatures import report_lines
+    from q35local.machine.cpufeatures import report_lines
 
     for line in report_lines():
         print(f"  {line}")
-    from . import llamalog
-    from .engine import EngineError, LlamaEngine
-    from .sampling import Sampling
+    from q35local.engine import llamalog
+    from q35local.engine.llama import EngineError, LlamaEngine
+    from q35local.engine.sampling import Sampling
 
     llamalog.route_stderr(echo=args.verbose)
     try:

@@ -10,10 +10,9 @@ from typing import NoReturn
 
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from q35local.limits import CTX, DEFAULT_CTX
 from quantize.errors import InputError
 from quantize.validate import int_arg, regular_file
-
-from .limits import CTX, DEFAULT_CTX
 
 DEMO_MODEL = Path("demo/tiny-moe-Q8_0.gguf")
 CONVERSATION_ID = (1, (1 << 63) - 1)  # SQLite's INTEGER PRIMARY KEY
@@ -75,10 +74,11 @@ def _system(text: str | None) -> str | None:
 
 
 def run_chat(args: argparse.Namespace) -> int:
-    from .modelprofile import default_mmproj
-    from .runtime import context_for, open_engine, template_for
-    from .store import Store
-    from .tui.app import ChatApp, launch
+    from q35local.chat.store import Store
+    from q35local.chat.template import template_for
+    from q35local.engine.runtime import context_for, open_engine
+    from q35local.model.profile import default_mmproj
+    from q35local.tui.app import ChatApp, launch
 
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise InputError(None, "q35 chat needs a terminal; for a pipe or a script use q35 run -p PROMPT")
@@ -92,7 +92,7 @@ def run_chat(args: argparse.Namespace) -> int:
     if args.resume is not None:
         store.conversation(args.resume)  # no such id: say so now
     # before the progress bar, which puts back the sys.stderr it found when it ends
-    from . import llamalog
+    from q35local.engine import llamalog
 
     llamalog.route_stderr(echo=False)
     try:
@@ -136,7 +136,7 @@ def run_chat(args: argparse.Namespace) -> int:
 
 def _report(verbose: bool) -> None:
     if verbose:
-        from . import llamalog
+        from q35local.engine import llamalog
 
         print("\n".join(llamalog.this_run()), file=sys.stderr)
         print(f"(llama.cpp's log: {llamalog.log_path()})", file=sys.stderr)

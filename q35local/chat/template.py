@@ -28,7 +28,7 @@ import types
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jinja2
 import jinja2.ext
@@ -42,6 +42,9 @@ from markupsafe import Markup, escape, soft_str
 
 import quantize
 from quantize.errors import InputError
+
+if TYPE_CHECKING:
+    from q35local.engine.llama import LlamaEngine
 
 DEFAULT_TEMPLATE = (Path(quantize.__file__).parent / "synth" / "chat_template.jinja").read_text(
     encoding="utf-8"
@@ -598,3 +601,11 @@ def opens_thinking(prompt: str) -> bool:
     """True when the prompt's last turn (the generation prompt) ends inside an unclosed <think>."""
     tail = prompt[max(prompt.rfind("<|im_start|>"), 0) :]
     return tail.rfind("<think>") > tail.rfind("</think>")
+
+
+def template_for(engine: LlamaEngine) -> ChatTemplate:
+    """The GGUF's own chat template (sandboxed), or ours when it has none."""
+    src = engine.info.chat_template
+    if not src:
+        return ChatTemplate.default()
+    return ChatTemplate.from_string(src, f"{engine.info.model_path} (tokenizer.chat_template)")

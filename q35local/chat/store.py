@@ -24,9 +24,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-import platformdirs
-
 from quantize.errors import InputError
+from quantize.usercache import data_dir
 from quantize.validate import regular_file
 
 SCHEMA_VERSION = 1
@@ -54,19 +53,6 @@ CREATE TABLE IF NOT EXISTS messages (
 );
 CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages(conversation_id, id);
 """
-
-
-def data_dir() -> Path:
-    """The per-user data dir (conversations, the llama.cpp log); Q35_DATA_DIR overrides it."""
-    base = os.environ.get("Q35_DATA_DIR")
-    if not base:
-        return platformdirs.user_data_path("q35local")
-    if "\0" in base:
-        raise InputError(None, "Q35_DATA_DIR: a folder name cannot contain a NUL byte")
-    try:
-        return Path(base).expanduser()
-    except RuntimeError:  # ~name of a user this system does not know
-        raise InputError(None, f"Q35_DATA_DIR={base}: cannot expand {base.split('/')[0]}") from None
 
 
 def default_path() -> Path:

@@ -273,7 +273,7 @@ def resolve_hardware(spec: str, model_path: Path | None = None, origin: str | No
     """`auto` probes this machine (and the disk `model_path` lies on); a profile name; or a TOML/JSON file.
     `origin` names where `spec` came from in an error (the option, or Q35_HARDWARE)."""
     if spec == "auto":
-        from .probe import probe
+        from q35local.machine.probe import probe
 
         return probe(model_path)
     if spec in PROFILES:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psutil
 
-from .hardware import (
+from q35local.machine.hardware import (
     Cpu,
     Device,
     Hardware,
@@ -151,7 +151,7 @@ def _run(cmd: list[str], timeout: float = 5.0) -> str | None:
 def llama_devices() -> list:  # -> list[GgmlDevice]
     """The devices the installed llama.cpp has (ggml's registry), e.g. CUDA0, MTL0, CPU."""
     try:
-        from .ggml_devices import devices
+        from q35local.machine.ggml_devices import devices
 
         return devices()
     except (OSError, AttributeError, ImportError):
@@ -263,7 +263,7 @@ def probe(model_path: Path | None = None) -> Hardware:
             "the installed llama.cpp has no GPU backend (CPU only): rebuild it with "
             + ("`CMAKE_ARGS=-DGGML_CUDA=on make -B setup`" if hw.kind == "cuda" else "`make -B setup`")
         )
-    from .cpufeatures import report_lines
+    from q35local.machine.cpufeatures import report_lines
 
     build = tuple(report_lines()) if backends else ()
     notes += [line for line in build if line.startswith("MISMATCH")]

@@ -7,10 +7,9 @@ import json
 import sys
 from pathlib import Path
 
+from q35local.engine.sampling import recommended
+from q35local.limits import CTX, DEFAULT_CTX, MAX_TOKENS, SEED, TEMPERATURE, THREADS
 from quantize.validate import float_arg, int_arg
-
-from .limits import CTX, DEFAULT_CTX, MAX_TOKENS, SEED, TEMPERATURE, THREADS
-from .sampling import recommended
 
 
 def add_run_parser(sub: argparse._SubParsersAction) -> None:
@@ -47,9 +46,10 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_run(args: argparse.Namespace) -> int:
-    from .chat import AnswerDelta, ChatSession, Done, Error, ThinkingDelta
-    from .modelprofile import default_mmproj
-    from .runtime import context_for, open_engine, template_for
+    from q35local.chat.session import AnswerDelta, ChatSession, Done, Error, ThinkingDelta
+    from q35local.chat.template import template_for
+    from q35local.engine.runtime import context_for, open_engine
+    from q35local.model.profile import default_mmproj
 
     n_ctx = context_for(args.model, args.ctx)  # the header, checked, before anything loads
     mmproj = args.mmproj or default_mmproj(args.model)

@@ -11,16 +11,15 @@ from pathlib import Path
 
 from rich.console import Console
 
+from q35local.engine.sampling import Sampling
+from q35local.machine.hardware import Hardware
+from q35local.machine.probe import calibration_path
+from q35local.model.profile import ModelProfile
+from q35local.planning.planner import Plan
+from q35local.planning.speed import estimate
 from quantize.errors import InputError, read_json
 from quantize.usercache import write_atomically
 from quantize.validate import number
-
-from .hardware import Hardware
-from .modelprofile import ModelProfile
-from .planner import Plan
-from .probe import calibration_path
-from .sampling import Sampling
-from .speed import estimate
 
 PROMPT = "The history of computing is a story of machines, people and ideas. " * 24
 
@@ -31,7 +30,7 @@ def _key(hw: Hardware) -> str:
 
 def measure(model: Path, plan: Plan, n_gen: int = 64) -> tuple[float, float]:
     """(decode t/s, prefill t/s) of the real model here, loaded with the plan's layout."""
-    from .engine import EngineError, LlamaEngine
+    from q35local.engine.llama import EngineError, LlamaEngine
 
     try:
         eng = LlamaEngine(model, n_ctx=1024, plan=plan)
@@ -118,8 +117,8 @@ def allocations(model: Path, plan: Plan, n_ctx: int) -> dict[str, float]:
     buffers, bytes), read from its own log while it loads and reserves."""
     from llama_cpp import llama_cpp
 
-    from . import llamalog
-    from .loader import context_params, load_model, model_params
+    from q35local.engine import llamalog
+    from q35local.engine.loader import context_params, load_model, model_params
 
     llamalog.capture()
     mark = llamalog.mark()

@@ -1,0 +1,1 @@
+"""Where a model goes on a machine and how fast it runs: the planner, the speed model, calibration."""
