@@ -19,7 +19,17 @@ import numpy as np
 
 from .checkpoint import Checkpoint, open_checkpoint
 from .errors import InputError, read_json
-from .gguf_file import KV, Shard, ShardWriter, TensorInfo, discard, plan_shards, publish, read_gguf
+from .gguf_file import (
+    KV,
+    Shard,
+    ShardWriter,
+    TensorInfo,
+    discard,
+    mmproj_name,
+    plan_shards,
+    publish,
+    read_gguf,
+)
 from .hub import looks_like_repo_id, open_hub
 from .imatrix import importance_for, load_imatrix
 from .metadata import general_kvs, hparams, sampling_kvs, size_label, tokenizer_kvs
@@ -83,8 +93,7 @@ class ConvertResult:
 
 
 def default_mmproj_path(out: Path) -> Path:
-    stem = out.name[:-5] if out.name.endswith(".gguf") else out.name
-    return out.with_name(f"{stem}.mmproj.gguf")
+    return mmproj_name(out)
 
 
 def _model_name(ckpt: Checkpoint, override: str | None) -> str:

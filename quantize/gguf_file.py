@@ -12,6 +12,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import struct
 import zlib
 from collections.abc import Iterable, Iterator
@@ -142,10 +143,30 @@ class Shard:
         return len(self.header()[0]) + sum(t.nbytes + _pad(t.nbytes) for t in self.tensors)
 
 
+# The one home of the file names a model's GGUFs take: llama.cpp finds a split model's shards by
+# PREFIX-0000k-of-0000n.gguf, and q35 writes (and looks for) the projector as MODEL.mmproj.gguf.
+_SPLIT = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
+
+
 def split_name(out: Path, i: int, n: int) -> Path:
-    """llama.cpp's split naming: PREFIX-00001-of-00003.gguf."""
-    stem = out.name[:-5] if out.name.endswith(".gguf") else out.name
-    return out.with_name(f"{stem}-{i + 1:05d}-of-{n:05d}.gguf")
+    """llama.cpp's split naming for shard i (from 0) of n: PREFIX-00001-of-00003.gguf."""
+    return out.with_name(f"{out.name.removesuffix('.gguf')}-{i + 1:05d}-of-{n:05d}.gguf")
+
+
+def split_of(path: Path) -> tuple[Path, int, int] | None:
+    """For a shard's name: (the model's name before the split, shard number from 0, shard count)."""
+    m = _SPLIT.search(path.name)
+    if m is None:
+        return None
+    return path.with_name(path.name[: m.start()] + ".gguf"), int(m.group(1)) - 1, int(m.group(2))
+
+
+def mmproj_name(model: Path) -> Path:
+    """MODEL.mmproj.gguf beside MODEL.gguf; for a split model, beside its shards under the name the
+    model had before the split (OUT.mmproj.gguf for OUT-00001-of-00002.gguf)."""
+    split = split_of(model)
+    base = split[0] if split else model
+    return base.with_name(f"{base.name.removesuffix('.gguf')}.mmproj.gguf")
 
 
 def plan_shards(out: Path, kvs: list[KV], tensors: list[TensorInfo], max_bytes: int | None) -> list[Shard]:

@@ -47,3 +47,21 @@ def test_split_loads_as_one_model(moe_ckpt: Path, tmp_path: Path) -> None:
 def test_bad_split_size(moe_ckpt: Path, tmp_path: Path, capsys) -> None:
     assert main(["quantize", str(moe_ckpt), "-o", str(tmp_path / "x.gguf"), "--split-max-size", "lots"]) != 0
     assert "split-max-size" in capsys.readouterr().err
+
+
+def test_a_split_models_projector_is_found_from_any_shard(moe_ckpt: Path, tmp_path: Path, capsys) -> None:
+    """quantize writes OUT.mmproj.gguf beside OUT-0000k-of-0000n.gguf; run, chat and fit look for it
+    from a shard's name (they used to look for OUT-00001-of-0000n.mmproj.gguf and find nothing)."""
+    import json
+
+    from q35local.model.profile import default_mmproj
+
+    out = tmp_path / "sp.gguf"
+    assert main(["quantize", str(moe_ckpt), "-o", str(out), "--split-max-size", "20M"]) == 0
+    shards = sorted(tmp_path.glob("sp-*-of-*.gguf"))
+    mmproj = tmp_path / "sp.mmproj.gguf"
+    assert len(shards) >= 2 and mmproj.is_file()
+    assert [default_mmproj(s) for s in shards] == [mmproj] * len(shards)
+    capsys.readouterr()
+    assert main(["fit", str(shards[0]), "--hardware", "cpu-desktop-64", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["memory"]["mmproj_bytes"] == mmproj.stat().st_size

@@ -79,6 +79,7 @@ def run_chat(args: argparse.Namespace) -> int:
     from q35local.engine.runtime import context_for, open_engine
     from q35local.model.profile import default_mmproj
     from q35local.tui.app import ChatApp, launch
+    from quantize.gguf_file import mmproj_name
 
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise InputError(None, "q35 chat needs a terminal; for a pipe or a script use q35 run -p PROMPT")
@@ -114,7 +115,7 @@ def run_chat(args: argparse.Namespace) -> int:
         store.close()
         raise
     try:
-        note = None if mmproj else f"no {model.name.removesuffix('.gguf')}.mmproj.gguf beside the model"
+        note = None if mmproj else f"no {mmproj_name(model).name} beside the model"
         app = ChatApp(
             engine,
             store,

@@ -21,6 +21,7 @@ from gguf import GGMLQuantizationType
 
 from quantize.errors import InputError
 from quantize.ggml import tensor_bytes
+from quantize.gguf_file import mmproj_name, split_name, split_of
 from quantize.gguf_read import read_gguf
 from quantize.validate import number, regular_file
 
@@ -28,7 +29,6 @@ MiB = 1 << 20
 MAX_LAYERS = 4096  # Qwen3.5-397B has 60; a header claiming more is not planned (or looped over)
 EXPERTS = re.compile(r"\.ffn_(up|down|gate|gate_up)_(ch|)exps\.")
 _BLK = re.compile(r"^blk\.(\d+)\.")
-_SPLIT = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
 # bytes per element of the KV cache types llama.cpp offers (-ctk/-ctv)
 KV_TYPE_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q5_1": 24 / 32, "q5_0": 22 / 32,
                  "q4_1": 20 / 32, "q4_0": 18 / 32}  # fmt: skip
@@ -125,11 +125,11 @@ class ModelProfile:
 
 def split_paths(path: Path) -> list[Path]:
     """All shards of a split GGUF (given any one of them), or [path]."""
-    m = _SPLIT.search(path.name)
-    if not m:
+    split = split_of(path)
+    if split is None:
         return [path]
-    n = int(m.group(2))
-    paths = [path.with_name(_SPLIT.sub(f"-{i:05d}-of-{n:05d}.gguf", path.name)) for i in range(1, n + 1)]
+    base, _, n = split
+    paths = [split_name(base, i, n) for i in range(n)]
     missing = [p for p in paths if not p.is_file()]
     if missing:
         raise InputError(missing[0], f"shard {missing[0].name} of this split model is missing")
@@ -252,7 +252,7 @@ def from_tensors(
 
 def default_mmproj(model: Path) -> Path | None:
     """MODEL.mmproj.gguf (what `q35 quantize` writes) or the one mmproj*.gguf beside the model."""
-    guess = model.with_name(model.name.removesuffix(".gguf") + ".mmproj.gguf")
+    guess = mmproj_name(model)
     if guess.is_file():
         return guess
     others = sorted(model.parent.glob("mmproj*.gguf"))

@@ -412,16 +412,17 @@ class ChatApp(App[int]):
     async def _settle(self, turn: Turn, stats: GenStats | None, note: str = "") -> None:
         """End the turn in the UI: the last text shown, the reply finished, the prompt free."""
         turn.settled = True
-        if self.turn is turn:
-            self.turn = None
-            self.generating = False
-            if self._pump is not None:
-                self._pump.stop()
-                self._pump = None
+        current = self.turn is turn
+        if current and self._pump is not None:
+            self._pump.stop()
+            self._pump = None
         await self._drain(turn.view, turn.buffer)
         turn.view.streaming = False
         if turn.view.is_mounted:
             await turn.view.finish(stats, note)
+        if current and self.turn is turn:  # last: whoever sees the turn over sees it finished too
+            self.turn = None
+            self.generating = False
 
     async def _stop_if_stuck(self, turn: Turn, tries: int = 20) -> None:
         """STOP_WAIT_S after Esc: a thread that has not returned is left to finish on its own (what
