@@ -19,6 +19,7 @@ from pathlib import Path
 
 import psutil
 
+from q35local.llamabuild import cpu_flags
 from q35local.machine.hardware import (
     Cpu,
     Device,
@@ -93,17 +94,16 @@ def parse_system_profiler(text: str) -> tuple[str | None, int | None]:
 
 def parse_cpuinfo(text: str) -> tuple[str, tuple[str, ...]]:
     """/proc/cpuinfo → (model name, the ISA flags ggml cares about)."""
-    model, flags = "unknown CPU", ()
+    model = "unknown CPU"
     for line in text.splitlines():
         key, _, val = line.partition(":")
         key = key.strip()
         if key in ("model name", "Model", "Hardware") and model == "unknown CPU":
             model = val.strip()
-        elif key in ("flags", "Features") and not flags:
-            have = set(val.split())
-            if "asimd" in have:
-                have.add("neon")
-            flags = tuple(f for f in _ISA if f in have)
+    have = set(cpu_flags(text))  # the one parser of the flags line (make setup reads it too)
+    if "asimd" in have:
+        have.add("neon")
+    flags = tuple(f for f in _ISA if f in have)
     return model, flags
 
 
