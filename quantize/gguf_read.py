@@ -21,6 +21,7 @@ from pathlib import Path
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
 from .errors import InputError
+from .ggml import tensor_bytes
 from .validate import regular_file
 
 GGUF_MAGIC = b"GGUF"
@@ -257,7 +258,7 @@ def _parse_header(buf: memoryview, max_array: int = 4096, path: str | Path | Non
             raise r.fail(
                 f"{what}: data offset {off:,}, expected {expected:,} (tensors must follow one another)"
             )
-        nbytes = numel // block * GGML_QUANT_SIZES[ty][1]
+        nbytes = tensor_bytes(ty, shape)
         expected = off + nbytes + (alignment - nbytes % alignment) % alignment
         tensors.append((name, shape, code, off))
         sizes.append(nbytes)

@@ -213,7 +213,7 @@ def _drop_recurrent_layers(path: Path) -> None:
     blob = bytearray(path.read_bytes())
     old = b"qwen35moe.attention.recurrent_layers"
     at = blob.index(old)
-    blob[at : at + len(old)] = b"qwen35moe.attention.recurrent_XXXXXX"
+    blob[at : at + len(old)] = b"qwen35moe.attention.recurrent_absent"  # same length, a key nobody reads
     path.write_bytes(blob)
 
 
