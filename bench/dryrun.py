@@ -19,11 +19,11 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from q35local.base.settings import cache_dir
 from q35local.model.official import OFFICIAL
 from quantize.header_cache import HeaderCache
 from quantize.synth import SynthSpec, config_json, shard_groups
 from quantize.synth.tokenizer import cached_tokenizer_json
-from quantize.usercache import cache_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = 5

@@ -1,3 +1,5 @@
 """q35local: run Qwen 3.5 on your own machine."""
 
-__version__ = "0.1.0"
+from q35local.base import VERSION as __version__
+
+__all__ = ["__version__"]

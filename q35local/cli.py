@@ -9,8 +9,8 @@ import os
 import sys
 from typing import NoReturn
 
-from q35local import __version__
-from quantize.errors import InputError
+from q35local.base import VERSION
+from q35local.base.errors import InputError
 
 # command -> (module, function adding its subparser), in the order `q35 --help` lists them. Only
 # the module of the command being run is imported: a `q35 quantize --dry-run` need not load the
@@ -41,7 +41,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     first = next((a for a in argv or [] if not a.startswith("-")), None)
     names = [first] if first in COMMANDS else list(COMMANDS)
     p = OneLineParser(prog="q35", description="Run Qwen 3.5 on your own machine.")
-    p.add_argument("--version", action="version", version=f"q35 {__version__}")
+    p.add_argument("--version", action="version", version=f"q35 {VERSION}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in names:
         module, add = COMMANDS[name]

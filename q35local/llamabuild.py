@@ -43,7 +43,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from quantize.usercache import cache_dir, write_atomically  # stdlib only, like this module
+from q35local.base.files import write_atomically
+from q35local.base.settings import cache_dir  # stdlib only, like this module
 
 LLAMA_CPP_PYTHON = "0.3.36"
 CHOICES = ("auto", "native", "portable")

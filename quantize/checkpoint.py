@@ -6,12 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from q35local.base.errors import InputError
+from q35local.base.files import read_json
+from q35local.base.settings import cache_dir
+
 from .config import Qwen35Config, load_config
-from .errors import InputError, read_json
 from .header_cache import HeaderCache
 from .hub import HubSource
 from .safetensors_io import ShardSet, TensorEntry, read_header
-from .usercache import cache_dir
 
 INDEX = "model.safetensors.index.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")

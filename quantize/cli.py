@@ -8,18 +8,19 @@ from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from q35local.base.limits import THREADS
+from q35local.base.units import format_size
+from q35local.base.validate import float_arg, int_arg, size_arg
+
 from .convert import ConvertOptions, ConvertResult, convert
 from .plan import OutTensor
 from .scheme import choices
-from .units import format_size
-from .validate import float_arg, int_arg, size_arg
 
 if TYPE_CHECKING:
     from rich.console import Console
 
 MIN_SPLIT = 1_000_000  # a smaller shard holds one tensor of any real model: a typo, not a plan
 MAX_BPW = 32.0  # F32: no recipe has more bits per weight
-MAX_THREADS = 4096
 
 # rich is imported where it draws: a --dry-run --json never needs it (its import is ~10% of the
 # dry run of a 397B checkpoint)
@@ -82,9 +83,7 @@ def add_quantize_parser(sub: argparse._SubParsersAction) -> None:
         help="write NaN/Inf weights as they are, with a warning and a count (default: refuse, naming it)",
     )
     p.add_argument("--name", help="general.name in the GGUF (default: the checkpoint's name)")
-    p.add_argument(
-        "--threads", type=int_arg(1, MAX_THREADS), help="quantization threads (default: all cores)"
-    )
+    p.add_argument("--threads", type=int_arg(*THREADS), help="quantization threads (default: all cores)")
     p.add_argument(
         "--dry-run",
         action="store_true",

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import InputError, read_json
-from .validate import Fields
+from q35local.base.errors import InputError
+from q35local.base.files import read_json
+from q35local.base.validate import Fields
 
 # HF architecture name -> (GGUF architecture, is MoE)
 ARCHITECTURES: dict[str, tuple[str, bool]] = {

@@ -17,8 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
+from q35local.base import VERSION
+from q35local.base.errors import InputError
+from q35local.base.files import read_json
+from q35local.base.units import format_size
+
 from .checkpoint import Checkpoint, open_checkpoint
-from .errors import InputError, read_json
 from .gguf_file import (
     KV,
     Shard,
@@ -41,7 +45,6 @@ from .scheme import resolve as resolve_scheme
 from .stock import apply_stock
 from .stream import encoded_stream
 from .target import choose
-from .units import format_size
 
 # progress(bytes written since last call, tensor finished?, tensor name)
 Progress = Callable[[int, bool, str], None]
@@ -306,9 +309,7 @@ def convert(
 
 def fingerprint(opts: ConvertOptions, ckpt: Checkpoint) -> str:
     """What the tensor bytes depend on beyond the header: the inputs' identity and the options."""
-    from q35local import __version__
-
-    h = hashlib.sha256(f"{__version__}|{opts.quant}|{opts.mtp}".encode())
+    h = hashlib.sha256(f"{VERSION}|{opts.quant}|{opts.mtp}".encode())
     for p in ckpt.shard_paths:  # Hub shards may be absent (deleted or not yet fetched): their headers speak
         h.update(f"{p.name}|{max(e.end for e in ckpt.entries.values() if e.path == p)}".encode())
     for p in (opts.recipe, opts.imatrix):

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFValueType
 
-from .errors import InputError
+from q35local.base.errors import InputError
+
 from .ggml import tensor_bytes
 from .gguf_read import ArraySummary, GGUFLayout, read_gguf  # noqa: F401 - the reading half, re-exported
 from .outputs import journal_path, leftovers, new_tag, remove, temp_path

@@ -20,9 +20,10 @@ from pathlib import Path
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
-from .errors import InputError
+from q35local.base.errors import InputError
+from q35local.base.files import regular_file
+
 from .ggml import tensor_bytes
-from .validate import regular_file
 
 GGUF_MAGIC = b"GGUF"
 ALIGNMENT = 32  # GGUF's default when general.alignment is absent

@@ -18,8 +18,9 @@ from functools import partial
 from operator import itemgetter
 from pathlib import Path
 
+from q35local.base.files import write_atomically
+
 from .safetensors_io import TensorEntry
-from .usercache import write_atomically
 
 VERSION = 1
 RACY_S = 2.0

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import InputError
+from q35local.base.errors import InputError
 
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 SMALL_FILES = ["*.json", "*.jinja", "*.txt", "tokenizer*"]

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
+from q35local.base.errors import InputError
+from q35local.base.files import regular_file
+
 from .ggml import requires_imatrix
 from .gguf_file import read_gguf
 from .plan import OutTensor
-from .validate import regular_file
 
 
 @dataclass

@@ -13,11 +13,14 @@ from pathlib import Path
 
 from gguf import GGUFValueType as V
 
+from q35local.base.errors import InputError
+from q35local.base.files import read_json, read_text, write_atomically
+from q35local.base.limits import MAX_TEMPLATE_BYTES, template_too_big
+from q35local.base.settings import cache_dir
+from q35local.base.validate import number
+
 from .config import Qwen35Config
-from .errors import InputError, read_json
 from .gguf_file import KV, Encoded, _value
-from .usercache import cache_dir, write_atomically
-from .validate import number, read_text
 
 # llama.cpp token types
 NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
@@ -211,8 +214,6 @@ def _chat_template(ckpt: Path, tc: dict) -> str | None:
     """chat_template.jinja when the checkpoint has one, else tokenizer_config.json's chat_template (a
     string, or transformers' list of {"name", "template"}, whose "default" is the chat's). One over
     the chat's limit is refused here, naming its file, rather than written into a GGUF nothing runs."""
-    from q35local.chat.template import MAX_TEMPLATE_BYTES, too_big_message
-
     jinja = ckpt / "chat_template.jinja"
     if jinja.exists() or jinja.is_symlink():  # a dangling link is a mistake to report, not to skip
         return read_text(jinja, limit=MAX_TEMPLATE_BYTES)
@@ -231,7 +232,7 @@ def _chat_template(ckpt: Path, tc: dict) -> str | None:
     except UnicodeEncodeError as e:  # JSON allows "\ud800"; a GGUF string must be UTF-8
         raise InputError(where, f"chat_template: not valid Unicode (a lone surrogate at {e.start})") from None
     if size > MAX_TEMPLATE_BYTES:
-        raise InputError(where, f"chat_template: {too_big_message(size)}")
+        raise InputError(where, f"chat_template: {template_too_big(size)}")
     return template
 
 

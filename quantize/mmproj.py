@@ -13,8 +13,9 @@ import numpy as np
 from gguf import GGMLQuantizationType as T
 from gguf import GGUFValueType as V
 
+from q35local.base.errors import InputError
+
 from .checkpoint import Checkpoint
-from .errors import InputError
 from .gguf_file import KV
 from .plan import OutTensor, OutType, Part, expect_tensor
 

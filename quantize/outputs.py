@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from .errors import InputError
+from q35local.base.errors import InputError
 
 
 def check_writable(path: Path) -> None:

@@ -13,9 +13,10 @@ from typing import NamedTuple, overload
 import numpy as np
 from gguf import GGMLQuantizationType as T
 
+from q35local.base.errors import InputError
+
 from .checkpoint import Checkpoint
 from .config import Qwen35Config
-from .errors import InputError
 from .ggml import fits, tensor_bytes
 from .safetensors_io import TensorEntry
 from .tensor_map import (

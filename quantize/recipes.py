@@ -16,9 +16,11 @@ from pathlib import Path
 from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
 
-from .errors import InputError
+from q35local.base.errors import InputError
+from q35local.base.files import read_toml
+from q35local.base.validate import number
+
 from .plan import FTYPES, OutTensor, always_f32
-from .validate import number, read_toml
 
 RECIPE_DIR = Path(str(files("q35local.assets"))) / "recipes"
 

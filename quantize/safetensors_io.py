@@ -18,8 +18,8 @@ from typing import BinaryIO, NamedTuple
 
 import numpy as np
 
-from .errors import InputError
-from .validate import regular_file
+from q35local.base.errors import InputError
+from q35local.base.files import regular_file
 
 # safetensors dtype -> (numpy storage dtype, bytes per element). BF16 and F8 are read as raw integers
 # and decoded by quantize.dtypes.

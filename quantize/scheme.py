@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InputError
+from q35local.base.errors import InputError
+
 from .plan import FTYPES, OutType
 from .recipes import Recipe, load_preset, load_recipe, preset_names
 from .stock import STOCK

@@ -6,25 +6,22 @@ memory-mapped and only the rows being converted are decoded."""
 
 from __future__ import annotations
 
-import queue
-import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 from gguf import GGMLQuantizationType as GGMLType
 
+from q35local.base.errors import InputError
+from q35local.base.prefetch import prefetch
+
 from .checkpoint import Checkpoint
 from .dtypes import fp8_block_dequant, to_f32
-from .errors import InputError
 from .ggml import encode_async
 from .plan import OutTensor
 from .tensor_map import apply_elementwise
-
-T_ = TypeVar("T_")
 
 CHUNK_ELEMS = 1 << 22  # 16 MiB of float32 per chunk
 
@@ -132,59 +129,3 @@ def encoded_stream(
             yield k0, wait()
 
     yield from prefetch(encoded(), 2)
-
-
-class _Failed:
-    def __init__(self, exc: BaseException) -> None:
-        self.exc = exc
-
-
-def prefetch(
-    it: Iterator[T_], depth: int, start: Callable[[Callable[[], None]], Callable[[], object]] | None = None
-) -> Iterator[T_]:
-    """Run an iterator on another thread, `depth` items ahead (0: unbounded); errors re-raise in the
-    consumer. `start(work)` runs the producer somewhere else than a new daemon thread (an executor
-    that owns a library's thread) and returns how to wait for it. If the consumer leaves early, the
-    iterator is closed on the producer's thread, so its cleanup runs where its work did."""
-    q: queue.Queue = queue.Queue(depth)
-    stop = threading.Event()
-    done = object()
-
-    def put(x: object) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(x, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False  # the consumer has gone
-
-    def work() -> None:
-        try:
-            for x in it:
-                if not put(x):
-                    close = getattr(it, "close", None)
-                    if close is not None:
-                        close()
-                    return
-            put(done)
-        except BaseException as e:  # handed to the consumer, re-raised there
-            put(_Failed(e))
-
-    if start is None:
-        th = threading.Thread(target=work, daemon=True)
-        th.start()
-        join: Callable[[], object] = th.join
-    else:
-        join = start(work)
-    try:
-        while True:
-            x = q.get()
-            if x is done:
-                return
-            if isinstance(x, _Failed):
-                raise x.exc
-            yield x
-    finally:
-        stop.set()
-        join()

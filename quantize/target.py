@@ -12,10 +12,11 @@ from dataclasses import dataclass, replace
 
 from gguf import GGMLQuantizationType as T
 
-from .errors import InputError
+from q35local.base.errors import InputError
+from q35local.base.units import format_size
+
 from .plan import OutTensor
 from .recipes import Recipe, Rule, apply_recipe, load_preset, preset_names
-from .units import format_size
 
 # Least sensitive first (quantization.md: embeddings tolerate low bits; routed gate/up less than
 # down; the output head, shared expert, attention and above all ssm_out least of all).

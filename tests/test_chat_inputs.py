@@ -18,12 +18,13 @@ from pathlib import Path
 import pytest
 from conftest import gguf_for
 
+from q35local.base.errors import InputError
 from q35local.chat import template
 from q35local.chat.store import Store
 from q35local.chat.template import DEFAULT_TEMPLATE, TemplateError, template_for
 from q35local.engine.llama import LlamaEngine
+from quantize import metadata
 from quantize.convert import ConvertOptions, convert
-from quantize.errors import InputError
 
 
 @pytest.fixture
@@ -117,7 +118,7 @@ def test_the_limit_holds_when_the_tokenizer_keys_come_from_the_cache(
     jinja = ckpt / "chat_template.jinja"
     jinja.write_text("{#" + "x" * (3 << 19) + "#}", encoding="utf-8")
     with monkeypatch.context() as m:  # an entry made under another limit (or before the check)
-        m.setattr(template, "MAX_TEMPLATE_BYTES", 4 << 20)
+        m.setattr(metadata, "MAX_TEMPLATE_BYTES", 4 << 20)
         quantize(ckpt).unlink()
     size = jinja.stat().st_size
     limit = template.MAX_TEMPLATE_BYTES
@@ -133,7 +134,7 @@ def test_a_template_over_a_mebibyte_is_read_whole_then_refused_by_name(
     big = "{#" + "x" * (3 << 19) + "#}" + DEFAULT_TEMPLATE  # 1.5 MiB: more than the old 1 MiB buffer
     (ckpt / "chat_template.jinja").write_text(big, encoding="utf-8")
     with monkeypatch.context() as m:  # a GGUF made elsewhere: our own quantize would refuse it
-        m.setattr(template, "MAX_TEMPLATE_BYTES", 4 << 20)
+        m.setattr(metadata, "MAX_TEMPLATE_BYTES", 4 << 20)
         gguf = quantize(ckpt)
     engine = LlamaEngine(gguf, n_ctx=256)
     try:

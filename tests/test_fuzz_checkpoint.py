@@ -18,9 +18,9 @@ from conftest import parsed_or_one_line
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from q35local.base.errors import InputError
 from q35local.cli import main
 from quantize.config import MAX_DIM, MAX_EXPERTS, MAX_LAYERS, Qwen35Config, load_config
-from quantize.errors import InputError
 from quantize.safetensors_io import DTYPES, read_header
 from quantize.synth import config_json, spec_for
 

@@ -22,7 +22,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from quantize.errors import InputError
+from q35local.base.errors import InputError
 from quantize.ggml import _lib, tensor_bytes
 from quantize.gguf_file import KV, TensorInfo, encode_header
 from quantize.gguf_read import MAX_DIMS, MAX_NAME, ArraySummary, GGUFLayout, read_gguf

@@ -16,11 +16,11 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from q35local.base.errors import InputError
 from q35local.machine.hardware import FILE_KEYS, GPU_KEYS, Hardware, load_hardware_file
 from q35local.model.official import official_profile
 from q35local.planning.planner import Settings, plan
 from q35local.planning.speed import estimate
-from quantize.errors import InputError
 
 _DELETE = object()
 

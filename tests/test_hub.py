@@ -72,7 +72,7 @@ def test_hub_failures_become_one_line_errors() -> None:
     import pytest
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    from quantize.errors import InputError
+    from q35local.base.errors import InputError
     from quantize.hub import hub_errors
 
     class ConnectError(Exception):  # what the HTTP client raises when DNS or the connection fails
@@ -92,7 +92,7 @@ def test_open_hub_names_the_repo_for_every_failure(monkeypatch) -> None:
     import pytest
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    from quantize.errors import InputError
+    from q35local.base.errors import InputError
     from quantize.hub import open_hub
 
     class ConnectError(Exception):

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from q35local.base.errors import InputError
 from q35local.chat.images import (
     MAX_SOURCE_PIXELS,
     PreparedImage,
@@ -20,7 +21,6 @@ from q35local.chat.images import (
     looks_like_image_path,
     prepare_image,
 )
-from quantize.errors import InputError
 
 BUDGET = {"min_pixels": 256 * 256, "max_pixels": 1024 * 1024}
 

@@ -9,9 +9,21 @@ import q35local
 
 # top to bottom: a module may import from its own layer and from any layer below it
 # (llamabuild is stdlib-only: make setup runs it before the rest is installed; its self-test child is
-# engine/selftest.py)
-LAYERS = ["cli", "commands", "tui", "chat", "engine", "planning", "model", "machine", "limits", "llamabuild"]
+# engine/selftest.py). base is the bottom of both packages: the converter builds on it too.
+LAYERS = [
+    "cli",
+    "commands",
+    "tui",
+    "chat",
+    "engine",
+    "planning",
+    "model",
+    "machine",
+    "llamabuild",
+    "base",
+]
 ROOT = Path(q35local.__file__).parent
+QUANTIZE = ROOT.parent / "quantize"
 
 
 def _layer(path: Path) -> str:
@@ -64,3 +76,29 @@ def test_every_module_sits_in_a_layer() -> None:
         p.name for p in ROOT.iterdir() if p.is_dir() and (p / "__init__.py").exists() and p.name not in LAYERS
     )
     assert loose == [] and folders == []  # (q35local.assets is the top-level assets/, mapped in pyproject)
+
+
+def test_the_converter_builds_only_on_the_base() -> None:
+    """quantize/ may use q35local.base and nothing else of the runtime (the runtime builds on it)."""
+    up = [
+        f"{path.relative_to(ROOT.parent)}:{line}: imports q35local.{target}"
+        for path in sorted(QUANTIZE.rglob("*.py"))
+        for line, target in _imports(path)
+        if target != "base"
+    ]
+    assert up == []
+
+
+def test_the_base_imports_neither_package() -> None:
+    """base/ is neutral: stdlib and third-party only, so both packages can stand on it."""
+    found = []
+    for path in sorted((ROOT / "base").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            mods = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            mods += [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            for m in mods:
+                if m.split(".")[0] == "quantize" or (
+                    m.startswith("q35local.") and not m.startswith("q35local.base")
+                ):
+                    found.append(f"{path.name}:{node.lineno}: {m}")
+    assert found == []

@@ -10,9 +10,9 @@ from conftest import gguf_for
 from llama_cpp import Llama, llama_cpp
 from PIL import Image
 
+from q35local.base.errors import InputError
 from q35local.engine.vision import IMAGE_SPAN, Vision
 from quantize.convert import default_mmproj_path
-from quantize.errors import InputError
 from quantize.gguf_file import read_gguf
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from q35local.base.errors import InputError
 from q35local.machine import probe as probe_mod
 from q35local.machine.hardware import (
     PROFILES,
@@ -33,7 +34,6 @@ from q35local.machine.probe import (
     parse_system_profiler,
     probe,
 )
-from quantize.errors import InputError
 
 DATA = Path(__file__).parent / "data" / "probe"
 MiB = 1 << 20

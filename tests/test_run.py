@@ -145,7 +145,7 @@ def test_choose_files() -> None:
     assert choose_files(files, "Q4_K_M") == ["Qwen3.5-35B-A3B-Q4_K_M.gguf", "mmproj-F16.gguf"]
     assert choose_files(files, "UD-Q4_K_XL", mmproj=False) == ["Qwen3.5-35B-A3B-UD-Q4_K_XL.gguf"]
     assert choose_files(files, "q8_0")[:2] == [files[3], files[4]]
-    from quantize.errors import InputError
+    from q35local.base.errors import InputError
 
     with pytest.raises(InputError, match=r"no Q2_K GGUF.*Q4_K_M"):
         choose_files(files, "Q2_K")

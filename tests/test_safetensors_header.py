@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from q35local.base.errors import InputError
 from quantize.checkpoint import open_checkpoint
-from quantize.errors import InputError
 from quantize.safetensors_io import read_header
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from q35local.base.errors import InputError
 from q35local.chat.store import Store, default_path
-from quantize.errors import InputError
 
 ROOT = Path(__file__).parents[1]
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from q35local.base.units import format_size, parse_size
 from q35local.cli import main
-from quantize.units import format_size, parse_size
 
 
 def _dry(ckpt: Path, tmp_path: Path, capsys, *args: str) -> dict:

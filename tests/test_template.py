@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from q35local.base.errors import InputError
 from q35local.chat import template
 from q35local.chat.template import DEFAULT_TEMPLATE, ChatTemplate, TemplateError, opens_thinking
-from quantize.errors import InputError
 
 TEMPLATE_FILE = Path(__file__).parents[1] / "quantize" / "synth" / "chat_template.jinja"
 

@@ -17,8 +17,8 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from quantize.errors import InputError
-from quantize.validate import regular_file
+from q35local.base.errors import InputError
+from q35local.base.files import regular_file
 
 MiB = 1024 * 1024
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")

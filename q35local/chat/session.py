@@ -18,13 +18,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from q35local.base.errors import InputError
 from q35local.chat.images import PreparedImage, prepare_image
 from q35local.chat.store import Store
 from q35local.chat.template import ChatTemplate, opens_thinking
 from q35local.chat.thinking import ThinkSplitter
 from q35local.engine.llama import Engine, EngineError, GenStats
 from q35local.engine.sampling import Sampling, recommended
-from quantize.errors import InputError
 
 SAVE_EVERY_S = 0.25
 NO_VISION = (

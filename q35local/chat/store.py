@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from quantize.errors import InputError
-from quantize.usercache import data_dir
-from quantize.validate import regular_file
+from q35local.base.errors import InputError
+from q35local.base.files import regular_file
+from q35local.base.settings import data_dir
 
 SCHEMA_VERSION = 1
 ROLES = ("system", "user", "assistant")

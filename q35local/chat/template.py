@@ -41,7 +41,8 @@ from jinja2.utils import Namespace, generate_lorem_ipsum, pass_environment, pass
 from markupsafe import Markup, escape, soft_str
 
 import quantize
-from quantize.errors import InputError
+from q35local.base.errors import InputError
+from q35local.base.limits import MAX_TEMPLATE_BYTES, template_too_big
 
 if TYPE_CHECKING:
     from q35local.engine.llama import LlamaEngine
@@ -51,7 +52,6 @@ DEFAULT_TEMPLATE = (Path(quantize.__file__).parent / "synth" / "chat_template.ji
 )
 
 MiB = 1 << 20
-MAX_TEMPLATE_BYTES = 1 * MiB  # a template's own source (the real Qwen 3.5 one is ~5 KB)
 RENDER_SECONDS = 2.0  # wall time for one render (the built-in template takes well under 1 ms)
 MAX_OUTPUT = 4 * MiB  # characters of rendered text, and of any one value a template builds
 MAX_INT_BITS = 1 << 16  # integers a template computes (Python prints at most 4,300 digits anyway)
@@ -82,12 +82,6 @@ class _TooBig(BaseException):
 
 def _mib(n: int) -> str:
     return f"{n / MiB:g} MiB"
-
-
-def too_big_message(size: int) -> str:
-    """The one wording of the size limit: at compile time here, and at quantize time."""
-    limit = MAX_TEMPLATE_BYTES
-    return f"chat template is {size:,} bytes; at most {limit:,} ({_mib(limit)}) are accepted"
 
 
 # --- the watchdog ---
@@ -529,7 +523,7 @@ class ChatTemplate:
         if len(src) * 4 > MAX_TEMPLATE_BYTES:  # else it cannot be over, whatever its characters
             size = len(src.encode("utf-8", "surrogatepass"))
             if size > MAX_TEMPLATE_BYTES:
-                raise TemplateError(origin, too_big_message(size))
+                raise TemplateError(origin, template_too_big(size))
         try:
             template = _environment().from_string(src)
         except jinja2.TemplateSyntaxError as e:

@@ -10,9 +10,11 @@ from typing import NoReturn
 
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from q35local.limits import CTX, DEFAULT_CTX
-from quantize.errors import InputError
-from quantize.validate import int_arg, regular_file
+from q35local.base.errors import InputError
+from q35local.base.files import regular_file
+from q35local.base.limits import CTX, DEFAULT_CTX
+from q35local.base.settings import setting
+from q35local.base.validate import int_arg
 
 DEMO_MODEL = Path("demo/tiny-moe-Q8_0.gguf")
 CONVERSATION_ID = (1, (1 << 63) - 1)  # SQLite's INTEGER PRIMARY KEY
@@ -49,7 +51,7 @@ def _model(arg: Path | None) -> Path:
     if arg is not None:
         regular_file(arg, "no such GGUF file")
         return arg
-    env = os.environ.get("Q35_MODEL")
+    env = setting("Q35_MODEL")
     if env:
         model = Path(env)
         regular_file(model, "no such GGUF file (named by $Q35_MODEL)")

@@ -13,15 +13,15 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from q35local.limits import CTX, DEFAULT_CTX, MARGIN_GIB, PARALLEL, check_ctx, quant_arg
+from q35local.base.errors import InputError
+from q35local.base.limits import CTX, DEFAULT_CTX, MARGIN_GIB, PARALLEL, check_ctx, quant_arg
+from q35local.base.validate import float_arg, int_arg
 from q35local.machine.hardware import PROFILES, GiB, Hardware, resolve_hardware
 from q35local.model.official import OFFICIAL, lookup, official_profiles
 from q35local.model.profile import ModelProfile, default_mmproj, from_checkpoint, from_gguf
 from q35local.planning.planner import Plan, Settings, plan, ram_need
 from q35local.planning.speed import Estimate, estimate
-from quantize.errors import InputError
 from quantize.gguf_read import read_gguf
-from quantize.validate import float_arg, int_arg
 
 LADDER = ["Q8_0", "Q6_K_XL", "Q5_K_XL", "Q4_K_XL", "Q3_K_XL", "Q2_K_XL"]  # --best and "a lower preset"
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from llama_cpp import llama_cpp
 
-from q35local.limits import MAX_TOKENS
-from quantize.errors import InputError
-from quantize.validate import int_arg
+from q35local.base.errors import InputError
+from q35local.base.limits import MAX_TOKENS
+from q35local.base.validate import int_arg
 
 
 def add_inspect_parser(sub: argparse._SubParsersAction) -> None:

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from q35local.limits import KLD_TOKENS, KLD_WINDOW
-from quantize.errors import InputError
-from quantize.validate import int_arg, read_text
+from q35local.base.errors import InputError
+from q35local.base.files import read_text
+from q35local.base.limits import KLD_TOKENS, KLD_WINDOW
+from q35local.base.validate import int_arg
 
 DEFAULT_TEXT = Path(str(files("q35local.assets"))) / "kld-text.txt"
 

@@ -8,8 +8,8 @@ import argparse
 import re
 from pathlib import Path
 
-from q35local.limits import quant_arg
-from quantize.errors import InputError
+from q35local.base.errors import InputError
+from q35local.base.limits import quant_arg
 from quantize.gguf_read import read_gguf
 
 _MMPROJ_ORDER = ("F16", "BF16", "Q8_0", "F32")

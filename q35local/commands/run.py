@@ -7,9 +7,9 @@ import json
 import sys
 from pathlib import Path
 
+from q35local.base.limits import CTX, DEFAULT_CTX, MAX_TOKENS, SEED, TEMPERATURE, THREADS
+from q35local.base.validate import float_arg, int_arg
 from q35local.engine.sampling import recommended
-from q35local.limits import CTX, DEFAULT_CTX, MAX_TOKENS, SEED, TEMPERATURE, THREADS
-from quantize.validate import float_arg, int_arg
 
 
 def add_run_parser(sub: argparse._SubParsersAction) -> None:

@@ -11,15 +11,15 @@ from pathlib import Path
 
 from rich.console import Console
 
+from q35local.base.errors import InputError
+from q35local.base.files import read_json, write_atomically
+from q35local.base.validate import number
 from q35local.engine.sampling import Sampling
 from q35local.machine.hardware import Hardware
 from q35local.machine.probe import calibration_path
 from q35local.model.profile import ModelProfile
 from q35local.planning.planner import Plan
 from q35local.planning.speed import estimate
-from quantize.errors import InputError, read_json
-from quantize.usercache import write_atomically
-from quantize.validate import number
 
 PROMPT = "The history of computing is a story of machines, people and ideas. " * 24
 

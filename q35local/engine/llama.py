@@ -22,9 +22,9 @@ import numpy as np
 import psutil
 from llama_cpp import llama_cpp
 
+from q35local.base.prefetch import prefetch
 from q35local.engine.sampling import Sampling
 from q35local.engine.vision import Vision
-from quantize.stream import prefetch
 
 DEFAULT_SAMPLING = Sampling()
 

@@ -73,7 +73,7 @@ def capture() -> None:
 
 
 def log_path() -> Path:
-    from quantize.usercache import data_dir
+    from q35local.base.settings import data_dir
 
     return data_dir() / "logs" / "llama.log"
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 from llama_cpp import llama_cpp
 
+from q35local.base.errors import InputError
 from q35local.machine.ggml_devices import buffer_type
 from q35local.planning.planner import Plan
-from quantize.errors import InputError
 
 
 class _Override(ctypes.Structure):

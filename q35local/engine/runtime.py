@@ -5,17 +5,17 @@ reasons instead of failing halfway through a load (or swapping the machine to a 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
+from q35local.base.errors import InputError
+from q35local.base.limits import DEFAULT_CTX, check_ctx
+from q35local.base.settings import setting
 from q35local.engine.llama import LlamaEngine
-from q35local.limits import DEFAULT_CTX, check_ctx
 from q35local.machine.hardware import resolve_hardware
 from q35local.machine.probe import probe
 from q35local.model.profile import ModelProfile, from_gguf
 from q35local.planning.planner import Plan, Settings, plan
-from quantize.errors import InputError
 
 
 def layout_line(p: Plan) -> str:
@@ -32,7 +32,7 @@ def layout_line(p: Plan) -> str:
 def plan_for(profile: ModelProfile, model: Path, mmproj: Path | None, n_ctx: int) -> Plan:
     """The layout for this machine; Q35_HARDWARE (a profile name or a TOML/JSON file) plans for a
     described machine instead, e.g. to keep a share of a shared server free."""
-    spec = os.environ.get("Q35_HARDWARE")
+    spec = setting("Q35_HARDWARE")
     hw = resolve_hardware(spec, origin="Q35_HARDWARE") if spec else probe()
     p = plan(profile, hw, Settings(n_ctx=n_ctx, mmproj=mmproj is not None))
     if not p.fits:

@@ -8,8 +8,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from q35local.base.settings import cache_dir
 from q35local.llamabuild import SELFTEST_PROMPT_TOKENS
-from quantize.usercache import cache_dir
 
 
 def selftest_model() -> Path:

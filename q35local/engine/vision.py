@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from llama_cpp import Llama, llama_cpp, mtmd_cpp
 
-from quantize.errors import InputError
+from q35local.base.errors import InputError
 
 IMAGE_SPAN = "<|vision_start|><|image_pad|><|vision_end|>"
 

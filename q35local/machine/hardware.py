@@ -11,8 +11,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
-from quantize.errors import InputError, read_json
-from quantize.validate import REQUIRED, Fields, read_toml
+from q35local.base.errors import InputError
+from q35local.base.files import read_json, read_toml
+from q35local.base.validate import REQUIRED, Fields
 
 GiB = 1 << 30
 GB = 10**9

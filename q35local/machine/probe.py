@@ -271,6 +271,6 @@ def probe(model_path: Path | None = None) -> Hardware:
 
 
 def calibration_path() -> Path:
-    from quantize.usercache import cache_dir
+    from q35local.base.settings import cache_dir
 
     return cache_dir() / "calibration.json"

@@ -14,7 +14,7 @@ from dataclasses import replace
 from functools import cache
 from pathlib import Path
 
-from quantize.errors import InputError
+from q35local.base.errors import InputError
 from quantize.synth import SynthSpec, VisionSpec, all_tensors, config_json
 
 _TEXT = dict(
@@ -91,8 +91,8 @@ def spec_params(spec: SynthSpec) -> int:
 @cache
 def _tokenizer_dir() -> Path:
     """A folder with config-independent tokenizer files, made once per user (the real vocabulary)."""
+    from q35local.base.settings import cache_dir
     from quantize.synth import _write_tokenizer
-    from quantize.usercache import cache_dir
 
     d = cache_dir() / "official-tokenizer"
     if not (d / "tokenizer_config.json").exists():
@@ -130,6 +130,7 @@ HEADER_BYTES = 10_950_000  # a Qwen 3.5 GGUF header: metadata and the 248K-token
 def official_profiles(name: str, quants: list[str]) -> dict:  # -> dict[str, ModelProfile]
     """What `q35 quantize` would write for this official model, per quantization: the quantizer's own
     planning (tensor types from the same recipes), the header taken as its measured size."""
+    from q35local.base.settings import cache_dir
     from q35local.model.profile import from_tensors
     from quantize.metadata import hparams
     from quantize.mmproj import plan_mmproj
@@ -137,7 +138,6 @@ def official_profiles(name: str, quants: list[str]) -> dict:  # -> dict[str, Mod
     from quantize.recipes import apply_recipe
     from quantize.scheme import resolve
     from quantize.stock import apply_stock
-    from quantize.usercache import cache_dir
 
     spec = lookup(name)
     if spec is None:

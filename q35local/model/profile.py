@@ -19,11 +19,12 @@ from pathlib import Path
 
 from gguf import GGMLQuantizationType
 
-from quantize.errors import InputError
+from q35local.base.errors import InputError
+from q35local.base.files import regular_file
+from q35local.base.validate import number
 from quantize.ggml import tensor_bytes
 from quantize.gguf_file import mmproj_name, split_name, split_of
 from quantize.gguf_read import read_gguf
-from quantize.validate import number, regular_file
 
 MiB = 1 << 20
 MAX_LAYERS = 4096  # Qwen3.5-397B has 60; a header claiming more is not planned (or looped over)

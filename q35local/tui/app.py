@@ -40,6 +40,7 @@ from textual.timer import Timer
 from textual.widget import Widget
 from textual.widgets import Footer, Static
 
+from q35local.base.errors import InputError
 from q35local.chat.images import PreparedImage, looks_like_image_path, prepare_image
 from q35local.chat.session import NO_VISION, AnswerDelta, ChatSession, Done, Event, ThinkingDelta
 from q35local.chat.session import Error as ChatError
@@ -60,7 +61,6 @@ from q35local.tui.widgets import (
 )
 from q35local.tui.widgets.messages import history_widgets
 from q35local.tui.widgets.thumbnail import describe
-from quantize.errors import InputError
 
 STOP_WAIT_S = 0.5  # Esc ends the turn in the UI after this if the reply's thread has not returned
 

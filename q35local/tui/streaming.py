@@ -82,8 +82,8 @@ class Pacer:
 
 def describe_error(error: BaseException) -> str:
     """One line for the user: our own errors carry their message, anything else also names its type."""
+    from q35local.base.errors import InputError
     from q35local.engine.llama import EngineError
-    from quantize.errors import InputError
 
     text = " ".join(str(error).split())
     if isinstance(error, EngineError | InputError) and text:

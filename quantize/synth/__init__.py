@@ -23,8 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from q35local.base.errors import InputError
+
 from ..dtypes import f32_to_bf16_bits, f32_to_e4m3fn
-from ..errors import InputError
 from ..safetensors_write import write_safetensors
 from . import tokenizer as tok
 

@@ -13,7 +13,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from ..usercache import cache_dir, write_atomically
+from q35local.base.files import write_atomically
+from q35local.base.settings import cache_dir
 
 QWEN_MODEL = "qwen3.5-35b-a3b"
 VOCAB_SIZE = 248320  # the embedding rows of every Qwen 3.5 model (ids past the tokens are padding)

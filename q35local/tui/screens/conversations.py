@@ -22,10 +22,10 @@ from textual.screen import ModalScreen
 from textual.widgets import Label, OptionList
 from textual.widgets.option_list import Option
 
+from q35local.base.errors import InputError
+from q35local.base.files import regular_file
 from q35local.chat.store import Store
 from q35local.tui.screens.dialogs import Confirm, TextPrompt
-from quantize.errors import InputError
-from quantize.validate import regular_file
 
 Choice = int | Literal["new"] | None
 

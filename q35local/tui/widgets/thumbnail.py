@@ -16,8 +16,8 @@ from textual.containers import Vertical
 from textual.widget import Widget
 from textual.widgets import Static
 
+from q35local.base.errors import InputError
 from q35local.chat.images import PreparedImage, prepare_image
-from quantize.errors import InputError
 
 Attachment = PreparedImage | Path
 THUMB_PIXELS = 192 * 192  # enough for a few terminal rows; scaling down first keeps rendering cheap

@@ -1,7 +1,7 @@
 """The ranges every q35 command accepts for its numbers, in one place so that the commands agree
 (`q35 fit --ctx`, `q35 run --ctx` and `q35 chat --ctx` take the same contexts).
 
-Each is (lo, hi), inclusive, for `quantize.validate.int_arg` / `float_arg` at the parser: a value out
+Each is (lo, hi), inclusive, for `q35local.base.validate.int_arg` / `float_arg` at the parser: a value out
 of range is a one-line usage error before anything loads. What depends on the model (a context
 longer than it was trained for) is checked once the model is known, by `check_ctx`.
 """
@@ -12,7 +12,7 @@ import argparse
 import re
 from pathlib import Path
 
-from quantize.errors import InputError
+from q35local.base.errors import InputError
 
 # tokens of context: llama.cpp pads the KV cache to 256 cells, and no Qwen 3.5 reaches past 1M
 # (262,144 trained; the model card's YaRN extension stops at 1,010,000)
@@ -27,6 +27,8 @@ MARGIN_GIB = (0.0, 1024.0)  # GiB kept free per device
 # tokens per evaluation window: logits of a whole window are kept (n_vocab × 4 B each)
 KLD_WINDOW = (16, 4096)
 KLD_TOKENS = (2, 1 << 20)  # tokens evaluated in all
+# a chat template's own source, refused at quantize time and at load (the real Qwen 3.5 one is ~5 KB)
+MAX_TEMPLATE_BYTES = 1 << 20
 
 
 def check_ctx(n_ctx: int, n_ctx_train: int, model: str | Path) -> None:
@@ -38,6 +40,12 @@ def check_ctx(n_ctx: int, n_ctx_train: int, model: str | Path) -> None:
             f"--ctx {n_ctx:,}: this model was trained on {n_ctx_train:,} tokens of context; "
             f"use at most --ctx {n_ctx_train:,}",
         )
+
+
+def template_too_big(size: int) -> str:
+    """The one wording of the chat template's size limit: at quantize time and at load."""
+    limit = MAX_TEMPLATE_BYTES
+    return f"chat template is {size:,} bytes; at most {limit:,} ({limit / (1 << 20):g} MiB) are accepted"
 
 
 _QUANT = re.compile(r"[A-Z0-9][A-Z0-9_.-]{0,39}")
