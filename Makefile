@@ -54,6 +54,7 @@ bench-quality: setup
 lint: setup
 	$(BIN)/ruff check q35local quantize tests bench
 	$(BIN)/ruff format --check q35local quantize tests bench
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(DEMO) .pytest_cache
