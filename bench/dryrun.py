@@ -22,14 +22,15 @@ from pathlib import Path
 from q35local.base.settings import cache_dir
 from q35local.model.official import OFFICIAL
 from quantize.header_cache import HeaderCache
-from quantize.synth import SynthSpec, config_json, shard_groups
-from quantize.synth.tokenizer import cached_tokenizer_json
+from quantize.qwen35 import ModelSpec, config_json
+from quantize.qwen35.tokenizer import cached_tokenizer_json
+from quantize.synth import shard_groups
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = 5
 
 
-def spec(model: str) -> SynthSpec:
+def spec(model: str) -> ModelSpec:
     """An official config (q35local.model.official), text only, in ~5 GB shards as published."""
     return replace(OFFICIAL[model], vision=None, name=f"{model}-shape", shard_bytes=5 * 10**9)
 
@@ -37,7 +38,7 @@ def spec(model: str) -> SynthSpec:
 SPEC = spec("Qwen3.5-397B-A17B")
 
 
-def write_header_only(out: Path, spec: SynthSpec = SPEC) -> int:
+def write_header_only(out: Path, spec: ModelSpec = SPEC) -> int:
     out.mkdir(parents=True, exist_ok=True)
     groups = shard_groups(spec)
     weight_map = {}

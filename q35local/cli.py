@@ -7,6 +7,7 @@ import contextlib
 import importlib
 import os
 import sys
+from collections.abc import Callable
 from typing import NoReturn
 
 from q35local.base import VERSION
@@ -25,6 +26,7 @@ COMMANDS = {
     "kld": ("q35local.commands.kld", "add_kld_parser"),
     "make-tiny": ("quantize.cli", "add_make_tiny_parser"),
 }
+AddParser = Callable[[argparse._SubParsersAction], None]  # what each of those functions is
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -44,8 +46,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"q35 {VERSION}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in names:
-        module, add = COMMANDS[name]
-        getattr(importlib.import_module(module), add)(sub)
+        module, function = COMMANDS[name]
+        add: AddParser = getattr(importlib.import_module(module), function)  # imported by name: lazily
+        add(sub)
     return p
 
 

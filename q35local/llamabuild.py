@@ -28,6 +28,7 @@ are installed.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -45,6 +46,7 @@ from pathlib import Path
 
 from q35local.base.files import write_atomically
 from q35local.base.settings import cache_dir  # stdlib only, like this module
+from q35local.base.units import MiB  # likewise
 
 LLAMA_CPP_PYTHON = "0.3.36"
 CHOICES = ("auto", "native", "portable")
@@ -138,14 +140,25 @@ def plan_builds(
     return [native, *ladder]
 
 
+@functools.cache
+def read_cpuinfo() -> str | None:
+    """/proc/cpuinfo's text, read once per process (make setup, the probe and the build check all
+    need it, and it does not change under a running process); None where there is none (macOS,
+    Windows) or it cannot be read. A /proc file: stat says 0 bytes, so the read itself is bounded;
+    bytes that are not UTF-8 are replaced."""
+    try:
+        with open("/proc/cpuinfo", "rb") as f:
+            return f.read(16 * MiB).decode("utf-8", errors="replace")
+    except OSError:
+        return None
+
+
 def cpu_flags(cpuinfo: str | None = None) -> frozenset[str]:
     """The ISA flags the OS reports: /proc/cpuinfo's `flags` (x86) or `Features` (ARM) line; the
-    kernel leaves out what it has not enabled (AVX-512 without its XSAVE state, say)."""
+    kernel leaves out what it has not enabled (AVX-512 without its XSAVE state, say). Pure when
+    given the text (the tests' recordings); without it, this machine's (`read_cpuinfo`)."""
     if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return frozenset()
+        cpuinfo = read_cpuinfo() or ""
     for line in cpuinfo.splitlines():
         key, sep, val = line.partition(":")
         if sep and key.strip() in ("flags", "Features"):
@@ -197,19 +210,20 @@ def cpu_identity() -> str:
     """What a native build depends on: the CPU model and its flags (a Mac: its chip and sysctl's
     feature list), so that a cached native wheel is never reused on another CPU."""
     model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+    cpuinfo = read_cpuinfo()
+    if cpuinfo is not None:
+        for line in cpuinfo.splitlines():
             if line.startswith(("model name", "Hardware", "CPU part")):
                 model = line.partition(":")[2].strip()
                 break
-    except OSError:
+    else:
         try:
             cmd = ["sysctl", "machdep.cpu.brand_string", "hw.optional"]
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout
         except (OSError, subprocess.TimeoutExpired):
             out = ""
         model = out or platform.processor()
-    return f"{platform.machine()} {model} {' '.join(sorted(cpu_flags()))}"
+    return f"{platform.machine()} {model} {' '.join(sorted(cpu_flags(cpuinfo)))}"
 
 
 def user_cmake_args() -> tuple[str, ...]:

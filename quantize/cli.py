@@ -6,7 +6,7 @@ import argparse
 import json
 from collections import defaultdict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
 from q35local.base.limits import THREADS
 from q35local.base.units import format_size
@@ -117,7 +117,7 @@ def run_make_tiny(args: argparse.Namespace) -> int:
     if args.if_missing and (args.output / "config.json").exists():
         print(f"{args.output}: already there")
         return 0
-    extra: dict = {"dtype": args.dtype, "seed": args.seed}
+    extra: dict[str, object] = {"dtype": args.dtype, "seed": args.seed}
     if args.no_vision:
         extra["vision"] = None
     path = write_checkpoint(args.output, spec_for(args.preset, **extra))
@@ -201,7 +201,11 @@ def _convert_with_progress(opts: ConvertOptions) -> ConvertResult:
         return convert(opts, progress, on_plan=on_plan)
 
 
-def class_rows(tensors: list[OutTensor]) -> list[dict]:
+# one row of the summary table (and of --json's "classes"); "class" is a keyword, hence this form
+ClassRow = TypedDict("ClassRow", {"class": str, "type": str, "tensors": int, "params": int, "bytes": int})
+
+
+def class_rows(tensors: list[OutTensor]) -> list[ClassRow]:
     """Per tensor class and type: tensors, params, bytes; largest first. Vectors (norms, ssm_a,
     ssm_dt, biases) are many tiny tensors and share one row, which keeps the table on one screen."""
     rows: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0, 0])
@@ -210,13 +214,13 @@ def class_rows(tensors: list[OutTensor]) -> list[dict]:
         rows[key][0] += 1
         rows[key][1] += t.numel
         rows[key][2] += t.nbytes
-    out = [
+    out: list[ClassRow] = [
         {"class": c, "type": ty, "tensors": n, "params": p, "bytes": b} for (c, ty), (n, p, b) in rows.items()
     ]
     return sorted(out, key=lambda r: -r["bytes"])
 
 
-def summary_json(r: ConvertResult) -> dict:
+def summary_json(r: ConvertResult) -> dict[str, object]:
     params = sum(t.numel for t in r.model.tensors)
     return {
         "scheme": r.label,

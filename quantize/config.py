@@ -5,16 +5,22 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gguf import MODEL_ARCH, MODEL_ARCH_NAMES
+
 from q35local.base.errors import InputError
 from q35local.base.files import read_json
 from q35local.base.validate import Fields
 
+# The GGUF architectures q35 writes and runs: dense, MoE
+QWEN35, QWEN35MOE = MODEL_ARCH_NAMES[MODEL_ARCH.QWEN35], MODEL_ARCH_NAMES[MODEL_ARCH.QWEN35MOE]
+GGUF_ARCHS = (QWEN35, QWEN35MOE)
+
 # HF architecture name -> (GGUF architecture, is MoE)
 ARCHITECTURES: dict[str, tuple[str, bool]] = {
-    "Qwen3_5ForConditionalGeneration": ("qwen35", False),
-    "Qwen3_5ForCausalLM": ("qwen35", False),
-    "Qwen3_5MoeForConditionalGeneration": ("qwen35moe", True),
-    "Qwen3_5MoeForCausalLM": ("qwen35moe", True),
+    "Qwen3_5ForConditionalGeneration": (QWEN35, False),
+    "Qwen3_5ForCausalLM": (QWEN35, False),
+    "Qwen3_5MoeForConditionalGeneration": (QWEN35MOE, True),
+    "Qwen3_5MoeForCausalLM": (QWEN35MOE, True),
 }
 
 

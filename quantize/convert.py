@@ -19,30 +19,17 @@ import numpy as np
 
 from q35local.base import VERSION
 from q35local.base.errors import InputError
-from q35local.base.files import read_json
 from q35local.base.units import format_size
 
 from .checkpoint import Checkpoint, open_checkpoint
-from .gguf_file import (
-    KV,
-    Shard,
-    ShardWriter,
-    TensorInfo,
-    discard,
-    mmproj_name,
-    plan_shards,
-    publish,
-    read_gguf,
-)
+from .gguf_file import Shard, ShardWriter, discard, mmproj_name, publish, read_gguf
 from .hub import looks_like_repo_id, open_hub
 from .imatrix import importance_for, load_imatrix
-from .metadata import general_kvs, hparams, sampling_kvs, size_label, tokenizer_kvs
-from .mmproj import has_vision, mmproj_metadata, plan_mmproj
+from .mmproj import has_vision
 from .outputs import OutputLock, check_writable, refuse_inputs, remove
-from .plan import OutTensor, n_blocks, plan_text
+from .plan import OutTensor
+from .planning import layout, mmproj_kvs, model_kvs, plan_model
 from .recipes import apply_recipe
-from .scheme import resolve as resolve_scheme
-from .stock import apply_stock
 from .stream import encoded_stream
 from .target import choose
 
@@ -312,10 +299,10 @@ def fingerprint(opts: ConvertOptions, ckpt: Checkpoint) -> str:
     h = hashlib.sha256(f"{VERSION}|{opts.quant}|{opts.mtp}".encode())
     for p in ckpt.shard_paths:  # Hub shards may be absent (deleted or not yet fetched): their headers speak
         h.update(f"{p.name}|{max(e.end for e in ckpt.entries.values() if e.path == p)}".encode())
-    for p in (opts.recipe, opts.imatrix):
-        if p is not None:
-            st = p.stat()
-            h.update(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+    for src in (opts.recipe, opts.imatrix):
+        if src is not None:
+            st = src.stat()
+            h.update(f"{src.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
     return h.hexdigest()
 
 
@@ -328,52 +315,38 @@ def prepare(ckpt: Checkpoint, opts: ConvertOptions, check_output: bool = True) -
         raise InputError(
             None, "--target-size / --target-bpw choose the recipe themselves: drop --quant/--recipe"
         )
-    # when targeting, the preset only sets the base types; choose() below types every tensor once
-    scheme = resolve_scheme("Q4_K_XL" if targeting else opts.quant, opts.recipe)
-    plan = plan_text(ckpt, scheme.out, mtp=opts.mtp)
-    notes = []
-    if scheme.recipe and not targeting:
-        notes = apply_recipe(plan, scheme.recipe, cfg.num_hidden_layers).notes()
-    if scheme.stock:
-        apply_stock(plan, scheme.stock, cfg, n_blocks(cfg, opts.mtp))
     vision = opts.write_mmproj and has_vision(ckpt)
+    # when targeting, the preset only sets the base types; choose() below types every tensor once
+    planned = plan_model(
+        ckpt,
+        "Q4_K_XL" if targeting else opts.quant,
+        opts.recipe,
+        mtp=opts.mtp,
+        mmproj=vision,
+        with_recipe=not targeting,
+    )
+    scheme, plan, mm_plan, notes = planned.scheme, planned.tensors, planned.mm_tensors, planned.notes
     mm_path = (opts.mmproj or default_mmproj_path(opts.output)) if vision else None
-    mm_plan = plan_mmproj(ckpt, scheme.mmproj_out) if vision else []
     if mm_path is not None:
         if mm_path.resolve() == opts.output.resolve():
             raise InputError(mm_path, "the mmproj path is the model's output path")
         if check_output:
             check_writable(mm_path)
     name = _model_name(ckpt, opts.name)
-    params = sum(t.numel for t in plan)
-    expert_params = sum(t.numel for t in plan if t.n_experts)
-    kvs: list[KV] = [
-        *general_kvs(cfg, name, scheme.file_type, size_label(cfg, params, expert_params)),
-        *hparams(cfg, opts.mtp),
-        *sampling_kvs(ckpt.path),
-        *tokenizer_kvs(ckpt.path, cfg.vocab_size),
-    ]
+    kvs = model_kvs(ckpt, planned, name)
     if targeting:
         bpw = opts.target_bpw or 0.0
+        params = sum(t.numel for t in plan)
         budget = opts.target_bytes if opts.target_bytes is not None else int(bpw * params / 8)
-        probe = plan_shards(
-            opts.output, kvs, [TensorInfo(t.name, t.shape, t.ggml_type) for t in plan], opts.split_max_size
-        )
+        probe = layout(opts.output, kvs, plan, opts.split_max_size)
         overhead = sum(len(s.header()[0]) for s in probe) + 32 * len(plan)  # headers + worst-case padding
         choice = choose(plan, budget, overhead, cfg.num_hidden_layers)
         notes += apply_recipe(plan, choice.recipe, cfg.num_hidden_layers).notes()
         notes.append(f"target {format_size(budget)}: " + "; ".join(choice.moves))
     importance, im_notes = importance_for(plan, load_imatrix(opts.imatrix) if opts.imatrix else None)
     notes += im_notes
-    infos = [TensorInfo(t.name, t.shape, t.ggml_type) for t in plan]
-    shards = plan_shards(opts.output, kvs, infos, opts.split_max_size)
-    mm_shards: list[Shard] = []
-    if mm_path is not None:
-        pre = ckpt.path / "preprocessor_config.json"
-        preprocessor = read_json(pre, "missing") if pre.exists() else {}
-        mm_kvs = mmproj_metadata(ckpt, scheme.mmproj_out, name, preprocessor) + sampling_kvs(ckpt.path)
-        mm_infos = [TensorInfo(t.name, t.shape, t.ggml_type) for t in mm_plan]
-        mm_shards = plan_shards(mm_path, mm_kvs, mm_infos, None)
+    shards = layout(opts.output, kvs, plan, opts.split_max_size)
+    mm_shards = layout(mm_path, mmproj_kvs(ckpt, planned, name), mm_plan) if mm_path is not None else []
     # (a dry run says it too: it is the plan the real run would refuse)
     inputs = [*ckpt.shard_paths, *(p for p in (opts.recipe, opts.imatrix) if p is not None)]
     refuse_inputs([s.path for s in shards + mm_shards], ckpt.path, inputs)

@@ -18,20 +18,20 @@ import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO, TextIO
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFValueType
+from gguf import GGUF_DEFAULT_ALIGNMENT, GGMLQuantizationType, GGUFValueType, Keys
 
 from q35local.base.errors import InputError
 
 from .ggml import tensor_bytes
-from .gguf_read import ArraySummary, GGUFLayout, read_gguf  # noqa: F401 - the reading half, re-exported
+from .gguf_read import GGUF_MAGIC, ArraySummary, GGUFLayout, read_gguf  # noqa: F401 - re-exported
 from .outputs import journal_path, leftovers, new_tag, remove, temp_path
 from .outputs import publish as outputs_publish
 
-GGUF_MAGIC = b"GGUF"
-GGUF_VERSION = 3
-ALIGNMENT = 32
+GGUF_VERSION = 3  # the layout written here (not gguf-py's GGUF_VERSION, which may move on)
+ALIGNMENT = GGUF_DEFAULT_ALIGNMENT  # no general.alignment is written
 
 _SCALAR = {
     GGUFValueType.UINT8: "<B",
@@ -189,11 +189,11 @@ def plan_shards(out: Path, kvs: list[KV], tensors: list[TensorInfo], max_bytes: 
     shards = []
     for i, g in enumerate(groups):
         split = [
-            KV("split.no", GGUFValueType.UINT16, i),
-            KV("split.count", GGUFValueType.UINT16, n),
-            KV("split.tensors.count", GGUFValueType.INT32, len(tensors)),
+            KV(Keys.Split.LLM_KV_SPLIT_NO, GGUFValueType.UINT16, i),
+            KV(Keys.Split.LLM_KV_SPLIT_COUNT, GGUFValueType.UINT16, n),
+            KV(Keys.Split.LLM_KV_SPLIT_TENSORS_COUNT, GGUFValueType.INT32, len(tensors)),
         ]
-        base = kvs if i == 0 else [kv for kv in kvs if kv.key == "general.architecture"]
+        base = kvs if i == 0 else [kv for kv in kvs if kv.key == Keys.General.ARCHITECTURE]
         shards.append(Shard(split_name(out, i, n), [*base, *split], g))
     return shards
 
@@ -205,6 +205,9 @@ class ShardWriter:
     With resume=True, an existing temporary file whose header is byte-identical to this plan's and
     whose journal carries the same fingerprint (options and inputs) is continued: every journaled
     tensor's CRC is checked against the file, and writing restarts after the last good one."""
+
+    _f: BinaryIO  # written fresh ("wb") or continued ("r+b")
+    _j: TextIO
 
     def __init__(
         self, shard: Shard, resume: bool = False, fingerprint: str = "", tag: str | None = None
@@ -272,7 +275,7 @@ class ShardWriter:
         """Tensors already in the file (from a resumed run, or written by this one)."""
         return self._index
 
-    def _write(self, b: bytes | memoryview | np.ndarray) -> None:
+    def _write(self, b: bytes | memoryview) -> None:
         try:
             self._f.write(b)
         except OSError as e:
@@ -285,7 +288,7 @@ class ShardWriter:
         t = self.shard.tensors[self._index]
         n, crc = 0, 0
         for c in chunks:
-            buf = memoryview(np.ascontiguousarray(c).view(np.uint8).reshape(-1))
+            buf = np.ascontiguousarray(c).view(np.uint8).reshape(-1).data
             n += len(buf)
             if n > t.nbytes:
                 raise RuntimeError(f"{t.name}: producer gave more than {t.nbytes} bytes")

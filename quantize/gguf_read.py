@@ -18,7 +18,7 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
+from gguf import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGMLQuantizationType, GGUFValueType, Keys
 
 from q35local.base.errors import InputError
 from q35local.base.files import regular_file
@@ -26,7 +26,7 @@ from q35local.base.files import regular_file
 from .ggml import tensor_bytes
 
 GGUF_MAGIC = b"GGUF"
-ALIGNMENT = 32  # GGUF's default when general.alignment is absent
+ALIGNMENT = GGUF_DEFAULT_ALIGNMENT  # when general.alignment is absent
 MAX_DIMS = 4  # GGML_MAX_DIMS
 MAX_NAME = 64  # GGML_MAX_NAME: a tensor name must be shorter
 MAX_ITEMS = 1 << 30  # GGUF_MAX_ARRAY_ELEMENTS and GGUF_MAX_STRING_LENGTH in llama.cpp
@@ -213,13 +213,14 @@ def _parse_header(buf: memoryview, max_array: int = 4096, path: str | Path | Non
         types[key] = vt = r.value_type(what)
         kv[key] = r.value(vt, what, max_array)
     alignment = ALIGNMENT
-    if "general.alignment" in kv:
-        a = kv["general.alignment"]
-        if types["general.alignment"] != GGUFValueType.UINT32:
-            raise r.fail(f"general.alignment must be a uint32, is {types['general.alignment'].name}")
+    key = Keys.General.ALIGNMENT
+    if key in kv:
+        a = kv[key]
+        if types[key] != GGUFValueType.UINT32:
+            raise r.fail(f"{key} must be a uint32, is {types[key].name}")
         assert isinstance(a, int)
         if a == 0 or a & (a - 1):
-            raise r.fail(f"general.alignment {a} is not a power of 2")
+            raise r.fail(f"{key} {a} is not a power of 2")
         alignment = a
     tensors: list[tuple[str, tuple[int, ...], int, int]] = []
     sizes: list[int] = []

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from q35local.base.errors import InputError
 
@@ -32,7 +33,7 @@ class HubSource:
     fetched: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
 
-    def header_opener(self, filename: str):
+    def header_opener(self, filename: str) -> tuple[Callable[[], BinaryIO], int] | None:
         """(opener, size) reading a remote shard by range requests, or None offline."""
         from huggingface_hub import HfFileSystem, constants
 
@@ -41,7 +42,7 @@ class HubSource:
         fs = HfFileSystem()
         path = f"{self.repo_id}/{filename}"
         with hub_errors(path):
-            size = fs.info(path, revision=self.revision)["size"]
+            size: int = fs.info(path, revision=self.revision)["size"]
         return (lambda: fs.open(path, "rb", revision=self.revision, block_size=1 << 20)), size
 
     def fetch(self, path: Path) -> None:

@@ -10,12 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from gguf import GGMLQuantizationType, Keys
 
 from q35local.base.errors import InputError
 from q35local.base.files import regular_file
 
 from .ggml import requires_imatrix
 from .gguf_file import read_gguf
+from .names import IMATRIX_COUNTS, IMATRIX_SUMS, MMPROJ_PREFIXES, NEXTN
 from .plan import OutTensor
 
 
@@ -33,7 +35,7 @@ def _load_gguf(path: Path) -> Imatrix:
     mm = np.memmap(path, dtype=np.uint8, mode="r")
     arrays: dict[str, np.ndarray] = {}
     for name, shape, ty, off in lay.tensors:
-        if ty != 0:
+        if ty != GGMLQuantizationType.F32:
             raise InputError(path, f"imatrix tensor {name} is not F32")
         n = int(np.prod(shape))  # (read_gguf checked that every tensor's data is inside the file)
         arrays[name] = np.frombuffer(mm, dtype="<f4", count=n, offset=lay.data_start + off).reshape(
@@ -41,13 +43,13 @@ def _load_gguf(path: Path) -> Imatrix:
         )
     importance, counts = {}, {}
     for key in arrays:
-        if not key.endswith(".in_sum2"):
+        if not key.endswith(IMATRIX_SUMS):
             continue
-        name = key.removesuffix(".in_sum2")
-        if name + ".counts" not in arrays:
+        name = key.removesuffix(IMATRIX_SUMS)
+        if name + IMATRIX_COUNTS not in arrays:
             raise InputError(path, f"imatrix entry {name} has sums but no counts")
         sums = np.array(arrays[key], dtype=np.float32)  # [n_mat, ne0]
-        c = np.rint(np.array(arrays[name + ".counts"], dtype=np.float64).reshape(-1))
+        c = np.rint(np.array(arrays[name + IMATRIX_COUNTS], dtype=np.float64).reshape(-1))
         if sums.ndim != 2 or c.size != sums.shape[0]:
             raise InputError(
                 path, f"imatrix entry {name}: {c.size} counts for sums of shape {list(sums.shape)}"
@@ -55,14 +57,17 @@ def _load_gguf(path: Path) -> Imatrix:
         imp = np.where(c[:, None] > 0, sums / np.maximum(c, 1)[:, None].astype(np.float32), np.float32(1.0))
         importance[name], counts[name] = imp.astype(np.float32), c
     if not importance:
-        raise InputError(path, "no imatrix entries (<name>.in_sum2 / <name>.counts) in this GGUF")
-    ds = lay.get("imatrix.datasets") or []
+        raise InputError(
+            path, f"no imatrix entries (<name>{IMATRIX_SUMS} / <name>{IMATRIX_COUNTS}) in this GGUF"
+        )
+    ds = lay.get(Keys.IMatrix.DATASETS) or []
+    chunks = lay.get(Keys.IMatrix.CHUNK_COUNT)
     return Imatrix(
         path,
         importance,
         counts,
         list(ds) if isinstance(ds, list) else [],
-        int(lay.get("imatrix.chunk_count", 0) or 0),
+        int(chunks) if isinstance(chunks, int | float) else 0,
     )
 
 
@@ -127,7 +132,7 @@ def importance_for(plan: list[OutTensor], im: Imatrix | None) -> tuple[list[np.n
         for name, imp in im.importance.items():
             t = by_name.get(name)
             if t is None:
-                if "nextn" in name or name.startswith(("v.", "mm.")):
+                if NEXTN in name or name.startswith(MMPROJ_PREFIXES):
                     continue  # an MTP or vision entry when those parts are not written
                 raise InputError(
                     im.path,
@@ -147,8 +152,8 @@ def importance_for(plan: list[OutTensor], im: Imatrix | None) -> tuple[list[np.n
         zero = sum(int((c == 0).sum()) for n, c in im.counts.items() if n in by_name and c.size > 1)
         if zero:
             notes.append(f"imatrix: {zero} expert slice(s) saw no tokens and get uniform importance")
-    for t, imp in zip(plan, out, strict=True):
-        if imp is None and requires_imatrix(t.ggml_type):
+    for t, found in zip(plan, out, strict=True):
+        if found is None and requires_imatrix(t.ggml_type):
             where = im.path if im else None
             raise InputError(
                 where,

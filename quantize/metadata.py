@@ -11,6 +11,7 @@ import re
 import struct
 from pathlib import Path
 
+from gguf import GGML_QUANT_VERSION, GGUFType, Keys, TokenType
 from gguf import GGUFValueType as V
 
 from q35local.base.errors import InputError
@@ -21,50 +22,62 @@ from q35local.base.validate import number
 
 from .config import Qwen35Config
 from .gguf_file import KV, Encoded, _value
+from .names import RECURRENT_LAYERS
 
-# llama.cpp token types
-NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
+# llama.cpp's token types, as the plain numbers tokenizer.ggml.token_type holds
+NORMAL, CONTROL, USER_DEFINED, UNUSED = (
+    int(t) for t in (TokenType.NORMAL, TokenType.CONTROL, TokenType.USER_DEFINED, TokenType.UNUSED)
+)
 
 
 def hparams(cfg: Qwen35Config, mtp: bool) -> list[KV]:
-    a = cfg.arch
     n_mtp = cfg.mtp_num_hidden_layers if mtp else 0
     n_blocks = cfg.num_hidden_layers + n_mtp
+
+    def u32(key: str, value: int) -> KV:
+        return KV(key.format(arch=cfg.arch), V.UINT32, value)
+
+    def f32(key: str, value: float) -> KV:
+        return KV(key.format(arch=cfg.arch), V.FLOAT32, value)
+
+    def array(key: str, value: list[int] | list[bool], item: V) -> KV:
+        return KV(key.format(arch=cfg.arch), V.ARRAY, value, item)
+
     kv = [
-        KV(f"{a}.block_count", V.UINT32, n_blocks),
-        KV(f"{a}.context_length", V.UINT32, cfg.max_position_embeddings),
-        KV(f"{a}.embedding_length", V.UINT32, cfg.hidden_size),
+        u32(Keys.LLM.BLOCK_COUNT, n_blocks),
+        u32(Keys.LLM.CONTEXT_LENGTH, cfg.max_position_embeddings),
+        u32(Keys.LLM.EMBEDDING_LENGTH, cfg.hidden_size),
     ]
     if not cfg.moe:
-        kv.append(KV(f"{a}.feed_forward_length", V.UINT32, cfg.intermediate_size))
+        kv.append(u32(Keys.LLM.FEED_FORWARD_LENGTH, cfg.intermediate_size))
     kv += [
-        KV(f"{a}.attention.head_count", V.UINT32, cfg.num_attention_heads),
-        KV(f"{a}.attention.head_count_kv", V.UINT32, cfg.num_key_value_heads),
-        KV(f"{a}.rope.dimension_sections", V.ARRAY, [*cfg.mrope_section, 0], V.INT32),
-        KV(f"{a}.rope.freq_base", V.FLOAT32, cfg.rope_theta),
-        KV(f"{a}.attention.layer_norm_rms_epsilon", V.FLOAT32, cfg.rms_norm_eps),
-        KV(f"{a}.attention.key_length", V.UINT32, cfg.head_dim),
-        KV(f"{a}.attention.value_length", V.UINT32, cfg.head_dim),
+        u32(Keys.Attention.HEAD_COUNT, cfg.num_attention_heads),
+        u32(Keys.Attention.HEAD_COUNT_KV, cfg.num_key_value_heads),
+        array(Keys.Rope.DIMENSION_SECTIONS, [*cfg.mrope_section, 0], V.INT32),
+        f32(Keys.Rope.FREQ_BASE, cfg.rope_theta),
+        f32(Keys.Attention.LAYERNORM_RMS_EPS, cfg.rms_norm_eps),
+        u32(Keys.Attention.KEY_LENGTH, cfg.head_dim),
+        u32(Keys.Attention.VALUE_LENGTH, cfg.head_dim),
     ]
     if cfg.moe:
         kv += [
-            KV(f"{a}.expert_count", V.UINT32, cfg.num_experts),
-            KV(f"{a}.expert_used_count", V.UINT32, cfg.num_experts_per_tok),
-            KV(f"{a}.expert_feed_forward_length", V.UINT32, cfg.moe_intermediate_size),
-            KV(f"{a}.expert_shared_feed_forward_length", V.UINT32, cfg.shared_expert_intermediate_size),
+            u32(Keys.LLM.EXPERT_COUNT, cfg.num_experts),
+            u32(Keys.LLM.EXPERT_USED_COUNT, cfg.num_experts_per_tok),
+            u32(Keys.LLM.EXPERT_FEED_FORWARD_LENGTH, cfg.moe_intermediate_size),
+            u32(Keys.LLM.EXPERT_SHARED_FEED_FORWARD_LENGTH, cfg.shared_expert_intermediate_size),
         ]
     if n_mtp:
-        kv.append(KV(f"{a}.nextn_predict_layers", V.UINT32, n_mtp))
+        kv.append(u32(Keys.LLM.NEXTN_PREDICT_LAYERS, n_mtp))
     recurrent = [t == "linear_attention" for t in cfg.layer_types] + [False] * n_mtp
     kv += [
-        KV(f"{a}.ssm.conv_kernel", V.UINT32, cfg.linear_conv_kernel_dim),
-        KV(f"{a}.ssm.state_size", V.UINT32, cfg.linear_key_head_dim),
-        KV(f"{a}.ssm.group_count", V.UINT32, cfg.linear_num_key_heads),
-        KV(f"{a}.ssm.time_step_rank", V.UINT32, cfg.linear_num_value_heads),
-        KV(f"{a}.ssm.inner_size", V.UINT32, cfg.lin_v_dim),
-        KV(f"{a}.attention.recurrent_layers", V.ARRAY, recurrent, V.BOOL),
-        KV(f"{a}.full_attention_interval", V.UINT32, cfg.full_attention_interval),
-        KV(f"{a}.rope.dimension_count", V.UINT32, cfg.rope_dim),
+        u32(Keys.SSM.CONV_KERNEL, cfg.linear_conv_kernel_dim),
+        u32(Keys.SSM.STATE_SIZE, cfg.linear_key_head_dim),
+        u32(Keys.SSM.GROUP_COUNT, cfg.linear_num_key_heads),
+        u32(Keys.SSM.TIME_STEP_RANK, cfg.linear_num_value_heads),
+        u32(Keys.SSM.INNER_SIZE, cfg.lin_v_dim),
+        array(RECURRENT_LAYERS, recurrent, V.BOOL),
+        u32(Keys.LLM.FULL_ATTENTION_INTERVAL, cfg.full_attention_interval),
+        u32(Keys.Rope.DIMENSION_COUNT, cfg.rope_dim),
     ]
     return kv
 
@@ -168,24 +181,24 @@ def _tokenizer_kvs(ckpt: Path, vocab_size: int) -> list[KV]:
         raise InputError(tj_path, "model.merges: expected a list of 'a b' strings or [a, b] pairs")
     tokens, types = [], []
     for i in range(vocab_size):
-        s = by_id.get(i)
-        if s is None:
+        tok = by_id.get(i)
+        if tok is None:
             tokens.append(f"[PAD{i}]")
             types.append(UNUSED)
         elif i in added:
-            tokens.append(s)
-            types.append(CONTROL if added[i].get("special") or _looks_special(s) else USER_DEFINED)
+            tokens.append(tok)
+            types.append(CONTROL if added[i].get("special") or _looks_special(tok) else USER_DEFINED)
         else:
-            tokens.append(s)
+            tokens.append(tok)
             types.append(NORMAL)
     merges = [m if isinstance(m, str) else f"{m[0]} {m[1]}" for m in raw_merges]
     ids = {s: i for i, s in by_id.items()}
     kv = [
-        KV("tokenizer.ggml.model", V.STRING, "gpt2"),
-        KV("tokenizer.ggml.pre", V.STRING, "qwen35"),
-        KV("tokenizer.ggml.tokens", V.ARRAY, tokens, V.STRING),
-        KV("tokenizer.ggml.token_type", V.ARRAY, types, V.INT32),
-        KV("tokenizer.ggml.merges", V.ARRAY, merges, V.STRING),
+        KV(Keys.Tokenizer.MODEL, V.STRING, "gpt2"),
+        KV(Keys.Tokenizer.PRE, V.STRING, "qwen35"),  # llama.cpp's pre-tokenizer (a value; gguf-py lists none)
+        KV(Keys.Tokenizer.LIST, V.ARRAY, tokens, V.STRING),
+        KV(Keys.Tokenizer.TOKEN_TYPE, V.ARRAY, types, V.INT32),
+        KV(Keys.Tokenizer.MERGES, V.ARRAY, merges, V.STRING),
     ]
 
     def special_id(key: str) -> int | None:
@@ -195,18 +208,18 @@ def _tokenizer_kvs(ckpt: Path, vocab_size: int) -> list[KV]:
         return ids.get(tok) if isinstance(tok, str) else None
 
     for key, gguf_key in (
-        ("eos_token", "eos_token_id"),
-        ("pad_token", "padding_token_id"),
-        ("bos_token", "bos_token_id"),
+        ("eos_token", Keys.Tokenizer.EOS_ID),
+        ("pad_token", Keys.Tokenizer.PAD_ID),
+        ("bos_token", Keys.Tokenizer.BOS_ID),
     ):
-        i = special_id(key)
-        if i is not None:
-            kv.append(KV(f"tokenizer.ggml.{gguf_key}", V.UINT32, i))
-    kv.append(KV("tokenizer.ggml.add_bos_token", V.BOOL, bool(tc.get("add_bos_token", False))))
-    kv.append(KV("tokenizer.ggml.add_eos_token", V.BOOL, bool(tc.get("add_eos_token", False))))
+        tid = special_id(key)
+        if tid is not None:
+            kv.append(KV(gguf_key, V.UINT32, tid))
+    kv.append(KV(Keys.Tokenizer.ADD_BOS, V.BOOL, bool(tc.get("add_bos_token", False))))
+    kv.append(KV(Keys.Tokenizer.ADD_EOS, V.BOOL, bool(tc.get("add_eos_token", False))))
     template = _chat_template(ckpt, tc)
     if template:
-        kv.append(KV("tokenizer.chat_template", V.STRING, template))
+        kv.append(KV(Keys.Tokenizer.CHAT_TEMPLATE, V.STRING, template))
     return kv
 
 
@@ -265,9 +278,9 @@ def sampling_kvs(ckpt: Path) -> list[KV]:
     gen = _read_json(path)
     # (field, GGUF key, type, range): a value outside it would be written as the model's advice
     keys = (
-        ("top_k", "general.sampling.top_k", V.INT32, (0, 1 << 24)),
-        ("top_p", "general.sampling.top_p", V.FLOAT32, (0.0, 1.0)),
-        ("temperature", "general.sampling.temp", V.FLOAT32, (0.0, 100.0)),
+        ("top_k", Keys.General.SAMPLING_TOP_K, V.INT32, (0, 1 << 24)),
+        ("top_p", Keys.General.SAMPLING_TOP_P, V.FLOAT32, (0.0, 1.0)),
+        ("temperature", Keys.General.SAMPLING_TEMP, V.FLOAT32, (0.0, 100.0)),
     )
     out = []
     for src, key, vt, (lo, hi) in keys:
@@ -280,12 +293,12 @@ def sampling_kvs(ckpt: Path) -> list[KV]:
 
 def general_kvs(cfg: Qwen35Config, name: str, file_type: int, size_label: str) -> list[KV]:
     return [
-        KV("general.architecture", V.STRING, cfg.arch),
-        KV("general.type", V.STRING, "model"),
-        KV("general.name", V.STRING, name),
-        KV("general.size_label", V.STRING, size_label),
-        KV("general.file_type", V.UINT32, file_type),
-        KV("general.quantization_version", V.UINT32, 2),
+        KV(Keys.General.ARCHITECTURE, V.STRING, cfg.arch),
+        KV(Keys.General.TYPE, V.STRING, GGUFType.MODEL),
+        KV(Keys.General.NAME, V.STRING, name),
+        KV(Keys.General.SIZE_LABEL, V.STRING, size_label),
+        KV(Keys.General.FILE_TYPE, V.UINT32, file_type),
+        KV(Keys.General.QUANTIZATION_VERSION, V.UINT32, GGML_QUANT_VERSION),
     ]
 
 

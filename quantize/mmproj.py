@@ -10,6 +10,16 @@ projector's output width equals the text model's embedding width.
 from __future__ import annotations
 
 import numpy as np
+from gguf import (
+    GGML_QUANT_VERSION,
+    MODEL_ARCH,
+    MODEL_ARCH_NAMES,
+    GGUFType,
+    Keys,
+    LlamaFileType,
+    VisionProjectorType,
+)
+from gguf import MODEL_TENSOR as MT
 from gguf import GGMLQuantizationType as T
 from gguf import GGUFValueType as V
 
@@ -17,35 +27,51 @@ from q35local.base.errors import InputError
 
 from .checkpoint import Checkpoint
 from .gguf_file import KV
+from .names import PATCH_EMBD_1, tensor_name
 from .plan import OutTensor, OutType, Part, expect_tensor
 
 PREFIX = "model.visual."
 
-# (HF suffix under model.visual., GGUF name, expected HF shape in named dims); "{i}" is the block.
+
+def _merger(layer: int, suffix: str) -> str:
+    """The merger's linear layers are mm.0 and mm.2 (mm.1 is its GELU, which has no weights)."""
+    return tensor_name(MT.V_MMPROJ, suffix).format(bid=layer)
+
+
+# (HF suffix under model.visual., GGUF name, expected HF shape in named dims); "{i}" is the HF block,
+# "{bid}" the GGUF one.
 VISION_RULES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-    ("patch_embed.proj.bias", "v.patch_embd.bias", ("d",)),
-    ("pos_embed.weight", "v.position_embd.weight", ("n_pos", "d")),
-    ("blocks.{i}.norm1.weight", "v.blk.{i}.ln1.weight", ("d",)),
-    ("blocks.{i}.norm1.bias", "v.blk.{i}.ln1.bias", ("d",)),
-    ("blocks.{i}.norm2.weight", "v.blk.{i}.ln2.weight", ("d",)),
-    ("blocks.{i}.norm2.bias", "v.blk.{i}.ln2.bias", ("d",)),
-    ("blocks.{i}.attn.qkv.weight", "v.blk.{i}.attn_qkv.weight", ("d3", "d")),
-    ("blocks.{i}.attn.qkv.bias", "v.blk.{i}.attn_qkv.bias", ("d3",)),
-    ("blocks.{i}.attn.proj.weight", "v.blk.{i}.attn_out.weight", ("d", "d")),
-    ("blocks.{i}.attn.proj.bias", "v.blk.{i}.attn_out.bias", ("d",)),
-    ("blocks.{i}.mlp.linear_fc1.weight", "v.blk.{i}.ffn_up.weight", ("ff", "d")),
-    ("blocks.{i}.mlp.linear_fc1.bias", "v.blk.{i}.ffn_up.bias", ("ff",)),
-    ("blocks.{i}.mlp.linear_fc2.weight", "v.blk.{i}.ffn_down.weight", ("d", "ff")),
-    ("blocks.{i}.mlp.linear_fc2.bias", "v.blk.{i}.ffn_down.bias", ("d",)),
-    ("merger.norm.weight", "v.post_ln.weight", ("d",)),
-    ("merger.norm.bias", "v.post_ln.bias", ("d",)),
-    ("merger.linear_fc1.weight", "mm.0.weight", ("merged", "merged")),
-    ("merger.linear_fc1.bias", "mm.0.bias", ("merged",)),
-    ("merger.linear_fc2.weight", "mm.2.weight", ("out", "merged")),
-    ("merger.linear_fc2.bias", "mm.2.bias", ("out",)),
+    ("patch_embed.proj.bias", tensor_name(MT.V_ENC_EMBD_PATCH, ".bias"), ("d",)),
+    ("pos_embed.weight", tensor_name(MT.V_ENC_EMBD_POS), ("n_pos", "d")),
+    ("blocks.{i}.norm1.weight", tensor_name(MT.V_ENC_INPUT_NORM), ("d",)),
+    ("blocks.{i}.norm1.bias", tensor_name(MT.V_ENC_INPUT_NORM, ".bias"), ("d",)),
+    ("blocks.{i}.norm2.weight", tensor_name(MT.V_ENC_POST_ATTN_NORM), ("d",)),
+    ("blocks.{i}.norm2.bias", tensor_name(MT.V_ENC_POST_ATTN_NORM, ".bias"), ("d",)),
+    ("blocks.{i}.attn.qkv.weight", tensor_name(MT.V_ENC_ATTN_QKV), ("d3", "d")),
+    ("blocks.{i}.attn.qkv.bias", tensor_name(MT.V_ENC_ATTN_QKV, ".bias"), ("d3",)),
+    ("blocks.{i}.attn.proj.weight", tensor_name(MT.V_ENC_ATTN_O), ("d", "d")),
+    ("blocks.{i}.attn.proj.bias", tensor_name(MT.V_ENC_ATTN_O, ".bias"), ("d",)),
+    ("blocks.{i}.mlp.linear_fc1.weight", tensor_name(MT.V_ENC_FFN_UP), ("ff", "d")),
+    ("blocks.{i}.mlp.linear_fc1.bias", tensor_name(MT.V_ENC_FFN_UP, ".bias"), ("ff",)),
+    ("blocks.{i}.mlp.linear_fc2.weight", tensor_name(MT.V_ENC_FFN_DOWN), ("d", "ff")),
+    ("blocks.{i}.mlp.linear_fc2.bias", tensor_name(MT.V_ENC_FFN_DOWN, ".bias"), ("d",)),
+    ("merger.norm.weight", tensor_name(MT.V_POST_NORM), ("d",)),
+    ("merger.norm.bias", tensor_name(MT.V_POST_NORM, ".bias"), ("d",)),
+    ("merger.linear_fc1.weight", _merger(0, ".weight"), ("merged", "merged")),
+    ("merger.linear_fc1.bias", _merger(0, ".bias"), ("merged",)),
+    ("merger.linear_fc2.weight", _merger(2, ".weight"), ("out", "merged")),
+    ("merger.linear_fc2.bias", _merger(2, ".bias"), ("out",)),
 )
+_POSITION_EMBD = tensor_name(MT.V_ENC_EMBD_POS)  # kept in F32, as llama.cpp's converter keeps it
 
 MMPROJ_TYPE = {OutType.F32: T.F32, OutType.BF16: T.BF16, OutType.F16: T.F16, OutType.Q8_0: T.F16}
+# general.file_type: a Q8_0 model's projector is written in F16 (MMPROJ_TYPE)
+_FILE_TYPE = {
+    OutType.F32: LlamaFileType.ALL_F32,
+    OutType.F16: LlamaFileType.MOSTLY_F16,
+    OutType.BF16: LlamaFileType.MOSTLY_BF16,
+    OutType.Q8_0: LlamaFileType.MOSTLY_F16,
+}
 
 
 def has_vision(ckpt: Checkpoint) -> bool:
@@ -86,7 +112,7 @@ def plan_mmproj(ckpt: Checkpoint, out: OutType) -> list[OutTensor]:
     expect_tensor(ckpt, hf, (d, c, t, p, p))
     patch_type = T.F16 if wt == T.F16 else T.F32
     idx = np.arange(d * c * t * p).reshape(d, c, t, p)
-    for ti, name in enumerate(("v.patch_embd.weight", "v.patch_embd.weight.1")):
+    for ti, name in enumerate((tensor_name(MT.V_ENC_EMBD_PATCH), PATCH_EMBD_1)):
         tensors.append(OutTensor(name, (p, p, c, d), patch_type, [Part(hf, idx[:, :, ti, :].reshape(-1))]))
     for hf_pat, gguf_pat, shape_names in VISION_RULES:
         blocks = range(v.depth) if "{i}" in hf_pat else [0]
@@ -94,9 +120,9 @@ def plan_mmproj(ckpt: Checkpoint, out: OutType) -> list[OutTensor]:
             hf = PREFIX + hf_pat.format(i=i)
             shape = tuple(dims[s] for s in shape_names)
             expect_tensor(ckpt, hf, shape)
-            name = gguf_pat.format(i=i)
+            name = gguf_pat.format(bid=i)
             gshape = tuple(reversed(shape))
-            ty = T.F32 if len(shape) == 1 or name == "v.position_embd.weight" else wt  # wt: F32/F16/BF16
+            ty = T.F32 if len(shape) == 1 or name == _POSITION_EMBD else wt  # wt: F32/F16/BF16
             tensors.append(OutTensor(name, gshape, ty, [Part(hf)]))
     return tensors
 
@@ -107,26 +133,27 @@ def mmproj_metadata(ckpt: Checkpoint, out: OutType, name: str, preprocessor: dic
     mean = [float(x) for x in preprocessor.get("image_mean", (0.5, 0.5, 0.5))]
     std = [float(x) for x in preprocessor.get("image_std", (0.5, 0.5, 0.5))]
     side = round(v.num_position_embeddings**0.5)
-    file_type = {OutType.F32: 0, OutType.F16: 1, OutType.BF16: 32, OutType.Q8_0: 1}[out]
+    file_type = _FILE_TYPE[out]
+    cv = Keys.ClipVision
     return [
-        KV("general.architecture", V.STRING, "clip"),
-        KV("general.type", V.STRING, "mmproj"),
-        KV("general.name", V.STRING, name),
-        KV("general.file_type", V.UINT32, file_type),
-        KV("general.quantization_version", V.UINT32, 2),
-        KV("clip.has_vision_encoder", V.BOOL, True),
-        KV("clip.projector_type", V.STRING, "qwen3vl_merger"),
-        KV("clip.use_gelu", V.BOOL, True),
-        KV("clip.vision.projection_dim", V.UINT32, ckpt.config.hidden_size),
-        KV("clip.vision.image_size", V.UINT32, side * v.patch_size),
-        KV("clip.vision.patch_size", V.UINT32, v.patch_size),
-        KV("clip.vision.embedding_length", V.UINT32, v.hidden_size),
-        KV("clip.vision.feed_forward_length", V.UINT32, v.intermediate_size),
-        KV("clip.vision.block_count", V.UINT32, v.depth),
-        KV("clip.vision.attention.head_count", V.UINT32, v.num_heads),
-        KV("clip.vision.attention.layer_norm_epsilon", V.FLOAT32, ckpt.config.rms_norm_eps),
-        KV("clip.vision.spatial_merge_size", V.UINT32, v.spatial_merge_size),
-        KV("clip.vision.image_mean", V.ARRAY, mean, V.FLOAT32),
-        KV("clip.vision.image_std", V.ARRAY, std, V.FLOAT32),
-        KV("clip.vision.is_deepstack_layers", V.ARRAY, [False] * v.depth, V.BOOL),
+        KV(Keys.General.ARCHITECTURE, V.STRING, MODEL_ARCH_NAMES[MODEL_ARCH.MMPROJ]),
+        KV(Keys.General.TYPE, V.STRING, GGUFType.MMPROJ),
+        KV(Keys.General.NAME, V.STRING, name),
+        KV(Keys.General.FILE_TYPE, V.UINT32, int(file_type)),
+        KV(Keys.General.QUANTIZATION_VERSION, V.UINT32, GGML_QUANT_VERSION),
+        KV(Keys.Clip.HAS_VISION_ENCODER, V.BOOL, True),
+        KV(Keys.Clip.PROJECTOR_TYPE, V.STRING, VisionProjectorType.QWEN3VL),
+        KV(cv.USE_GELU, V.BOOL, True),
+        KV(cv.PROJECTION_DIM, V.UINT32, ckpt.config.hidden_size),
+        KV(cv.IMAGE_SIZE, V.UINT32, side * v.patch_size),
+        KV(cv.PATCH_SIZE, V.UINT32, v.patch_size),
+        KV(cv.EMBEDDING_LENGTH, V.UINT32, v.hidden_size),
+        KV(cv.FEED_FORWARD_LENGTH, V.UINT32, v.intermediate_size),
+        KV(cv.BLOCK_COUNT, V.UINT32, v.depth),
+        KV(cv.Attention.HEAD_COUNT, V.UINT32, v.num_heads),
+        KV(cv.Attention.LAYERNORM_EPS, V.FLOAT32, ckpt.config.rms_norm_eps),
+        KV(cv.SPATIAL_MERGE_SIZE, V.UINT32, v.spatial_merge_size),
+        KV(cv.IMAGE_MEAN, V.ARRAY, mean, V.FLOAT32),
+        KV(cv.IMAGE_STD, V.ARRAY, std, V.FLOAT32),
+        KV(cv.IS_DEEPSTACK_LAYERS, V.ARRAY, [False] * v.depth, V.BOOL),
     ]

@@ -209,6 +209,7 @@ class _Planner:
         if tf.row_perm is not None:
             assert len(parts) == 1
             parts = [Part(parts[0].hf, tf.row_perm)]
+        shape: tuple[int, ...]
         if n_experts:
             shape = (hf_shape[-1], hf_shape[-2], n_experts)
         else:
@@ -248,7 +249,7 @@ class _Planner:
                     expect_tensor(self.ckpt, name, want)  # raises, naming the first problem
             if any(d == "F8_E4M3" for _, d in kinds):
                 for name, e in zip(names, found, strict=True):
-                    if e.dtype == "F8_E4M3":
+                    if e is not None and e.dtype == "F8_E4M3":  # (all exist: checked above)
                         self._check_scale(name)
             self.used.update(names)
             self.add(gguf, want, ExpertParts(names), (), n_experts=n)

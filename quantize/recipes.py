@@ -13,13 +13,14 @@ from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
 
-from gguf import GGML_QUANT_SIZES
+from gguf import GGML_QUANT_SIZES, LlamaFileType
 from gguf import GGMLQuantizationType as T
 
 from q35local.base.errors import InputError
 from q35local.base.files import read_toml
 from q35local.base.validate import number
 
+from .names import BLOCK
 from .plan import FTYPES, OutTensor, always_f32
 
 RECIPE_DIR = Path(str(files("q35local.assets"))) / "recipes"
@@ -61,11 +62,14 @@ class Rule:
             return False
         if self.layers is None:
             return True
-        m = re.match(r"blk\.(\d+)\.", name)
+        m = BLOCK.match(name)
         if not m:
             return False
         wanted = {i if i >= 0 else n_layers + i for i in self.layers}
         return int(m[1]) in wanted
+
+
+_GUESSED = int(LlamaFileType.GUESSED)  # 1024: a mixture no llama_ftype names
 
 
 @dataclass(frozen=True)
@@ -75,7 +79,7 @@ class Recipe:
     description: str
     rules: tuple[Rule, ...]
     source: Path | None = None
-    file_type: int = 1024  # general.file_type: the llama_ftype it is closest to (1024: "guessed")
+    file_type: int = _GUESSED  # general.file_type: the llama_ftype it is closest to
 
 
 def parse_type(name: str) -> T:
@@ -131,7 +135,7 @@ def load_recipe(path: Path) -> Recipe:
         str(data.get("description", "")),
         tuple(rules),
         path,
-        FTYPES.get(ft, 1024),
+        FTYPES.get(ft, _GUESSED),
     )
 
 

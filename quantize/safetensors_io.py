@@ -68,6 +68,8 @@ def read_header(
     if opener is None:
         st = regular_file(path, "no such shard")
         size = st.st_size if size is None else size
+    elif size is None:
+        raise ValueError("read_header: an opener comes with the file's size")
     try:
         with opener() if opener else open(path, "rb") as f:
             head = f.read(8)
@@ -169,7 +171,7 @@ class ShardSet:
         self.entries = entries
         self.fetch = fetch
         self._maps: dict[Path, mmap.mmap] = {}
-        self._files: dict[Path, object] = {}
+        self._files: dict[Path, BinaryIO] = {}
 
     def _map(self, path: Path) -> mmap.mmap:
         m = self._maps.get(path)
@@ -217,7 +219,7 @@ class ShardSet:
             except BufferError:  # a live numpy view still points into it; the GC will close it
                 self._maps[path] = m
                 return
-            self._files.pop(path).close()  # type: ignore[attr-defined]
+            self._files.pop(path).close()
 
     def close(self) -> None:
         for p in list(self._maps):

@@ -8,19 +8,31 @@ llama_model_quantize itself in tests/test_stock.py."""
 
 from __future__ import annotations
 
-import re
-
-from gguf import GGML_QUANT_SIZES
+from gguf import GGML_QUANT_SIZES, TENSOR_NAMES
+from gguf import MODEL_TENSOR as MT
 from gguf import GGMLQuantizationType as T
 
 from .config import Qwen35Config
+from .names import BLOCK, stem, tensor_name
 from .plan import OutTensor
 from .recipes import shape_fallback
 
 # name -> default type (llama_ftype_get_default_type)
 STOCK: dict[str, T] = {"Q2_K": T.Q2_K, "Q3_K_M": T.Q3_K, "Q4_K_M": T.Q4_K, "Q5_K_M": T.Q5_K, "Q6_K": T.Q6_K}
 
-_NOT_QUANTIZED = ("_norm.weight", "ffn_gate_inp.weight", "ssm_conv1d", ".position_embd", ".patch_embd")
+# the name parts tensor_allows_quantization refuses (any norm; the router; the conv kernel; the
+# vision tower's position and patch embeddings)
+_NOT_QUANTIZED = (
+    "_norm.weight",
+    stem(MT.FFN_GATE_INP) + ".weight",
+    stem(MT.SSM_CONV1D),
+    TENSOR_NAMES[MT.V_ENC_EMBD_POS],
+    TENSOR_NAMES[MT.V_ENC_EMBD_PATCH],
+)
+_OUTPUT, _TOKEN_EMBD = tensor_name(MT.OUTPUT), tensor_name(MT.TOKEN_EMBD)
+# llama-quant.cpp's categories, each named by the name part it looks for
+_ATTN_CATEGORIES = tuple(stem(t) for t in (MT.ATTN_QKV, MT.ATTN_V, MT.ATTN_K, MT.ATTN_Q, MT.ATTN_OUT))
+_FFN_CATEGORIES = tuple(stem(t) for t in (MT.FFN_UP, MT.FFN_GATE, MT.FFN_DOWN))
 
 
 def llama_quantizes(t: OutTensor) -> bool:
@@ -32,14 +44,14 @@ def llama_quantizes(t: OutTensor) -> bool:
 
 
 def _category(name: str) -> str:
-    if name == "output.weight":
+    if name == _OUTPUT:
         return "output"
-    if name == "token_embd.weight":
+    if name == _TOKEN_EMBD:
         return "token_embd"
-    for cat in ("attn_qkv", "attn_v", "attn_k", "attn_q", "attn_output"):
+    for cat in _ATTN_CATEGORIES:
         if f"{cat}.weight" in name:
             return cat
-    for cat in ("ffn_up", "ffn_gate", "ffn_down"):  # substrings: they match _exps and _shexp too
+    for cat in _FFN_CATEGORIES:  # substrings: they match _exps and _shexp too
         if cat in name:
             return cat
     return "other"
@@ -61,7 +73,7 @@ def apply_stock(tensors: list[OutTensor], name: str, cfg: Qwen35Config, n_layer_
 
     def layer_of(counter: int, tname: str) -> int:
         if max(1, n_expert) > 1:
-            m = re.match(r"blk\.(\d+)\.", tname)
+            m = BLOCK.match(tname)
             assert m, tname
             return int(m[1])
         return counter

@@ -10,26 +10,31 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
+from gguf import MODEL_TENSOR as MT
 from gguf import GGMLQuantizationType as T
 
 from q35local.base.errors import InputError
 from q35local.base.units import format_size
 
+from .names import name_regex
 from .plan import OutTensor
 from .recipes import Recipe, Rule, apply_recipe, load_preset, preset_names
 
 # Least sensitive first (quantization.md: embeddings tolerate low bits; routed gate/up less than
 # down; the output head, shared expert, attention and above all ssm_out least of all).
 CLASSES: list[tuple[str, str]] = [
-    ("token_embd", r"^token_embd\.weight$"),
-    ("ffn_gate_up_exps", r"\.ffn_(gate|up)_exps\.weight$"),
-    ("ffn_gate_up", r"\.ffn_(gate|up)\.weight$"),
-    ("ffn_down_exps", r"\.ffn_down_exps\.weight$"),
-    ("ffn_down", r"\.ffn_down\.weight$"),
-    ("output", r"^output\.weight$"),
-    ("shared_expert", r"\.ffn_(gate|up|down)_shexp\.weight$"),
-    ("attention", r"\.(attn_(q|k|v|output|qkv|gate)|nextn\.eh_proj)\.weight$"),
-    ("ssm_out", r"\.ssm_out\.weight$"),
+    ("token_embd", name_regex(MT.TOKEN_EMBD)),
+    ("ffn_gate_up_exps", name_regex(MT.FFN_GATE_EXP, MT.FFN_UP_EXP)),
+    ("ffn_gate_up", name_regex(MT.FFN_GATE, MT.FFN_UP)),
+    ("ffn_down_exps", name_regex(MT.FFN_DOWN_EXP)),
+    ("ffn_down", name_regex(MT.FFN_DOWN)),
+    ("output", name_regex(MT.OUTPUT)),
+    ("shared_expert", name_regex(MT.FFN_GATE_SHEXP, MT.FFN_UP_SHEXP, MT.FFN_DOWN_SHEXP)),
+    (
+        "attention",
+        name_regex(MT.ATTN_Q, MT.ATTN_K, MT.ATTN_V, MT.ATTN_OUT, MT.ATTN_QKV, MT.ATTN_GATE, MT.NEXTN_EH_PROJ),
+    ),
+    ("ssm_out", name_regex(MT.SSM_OUT)),
 ]
 LADDER = [T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.Q8_0]
 

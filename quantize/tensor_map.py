@@ -19,8 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from gguf import MODEL_TENSOR as MT
 
 from .config import Qwen35Config
+from .names import tensor_name
 
 # Which layers a rule applies to.
 LINEAR, FULL, ANY = "linear", "full", "any"
@@ -30,7 +32,7 @@ MOE, DENSE = "moe", "dense"
 @dataclass(frozen=True)
 class Rule:
     hf: str  # under the layer prefix; "{e}" marks a per-expert tensor to stack
-    gguf: str  # "{bid}" is the GGUF block index
+    gguf: str  # from gguf-py's TENSOR_NAMES; "{bid}" is the GGUF block index
     shape: tuple[str, ...]  # expected HF shape, in the names of Qwen35Config.dims()
     transforms: tuple[str, ...] = ()
     layers: str = ANY  # LINEAR / FULL / ANY attention type
@@ -39,117 +41,115 @@ class Rule:
 
 # Tensors that belong to no layer. (HF name, GGUF name, shape, transforms)
 GLOBAL_RULES: tuple[tuple[str, str, tuple[str, ...], tuple[str, ...]], ...] = (
-    ("embed_tokens.weight", "token_embd.weight", ("vocab", "hidden"), ()),
-    ("norm.weight", "output_norm.weight", ("hidden",), ("norm_plus_one",)),
+    ("embed_tokens.weight", tensor_name(MT.TOKEN_EMBD), ("vocab", "hidden"), ()),
+    ("norm.weight", tensor_name(MT.OUTPUT_NORM), ("hidden",), ("norm_plus_one",)),
 )
-LM_HEAD = ("lm_head.weight", "output.weight", ("vocab", "hidden"))
+LM_HEAD = ("lm_head.weight", tensor_name(MT.OUTPUT), ("vocab", "hidden"))
 
 LAYER_RULES: tuple[Rule, ...] = (
-    Rule("input_layernorm.weight", "blk.{bid}.attn_norm.weight", ("hidden",), ("norm_plus_one",)),
+    Rule("input_layernorm.weight", tensor_name(MT.ATTN_NORM), ("hidden",), ("norm_plus_one",)),
     Rule(
         "post_attention_layernorm.weight",
-        "blk.{bid}.post_attention_norm.weight",
+        tensor_name(MT.ATTN_POST_NORM),
         ("hidden",),
         ("norm_plus_one",),
     ),
     # Gated DeltaNet (linear attention)
     Rule(
         "linear_attn.in_proj_qkv.weight",
-        "blk.{bid}.attn_qkv.weight",
+        tensor_name(MT.ATTN_QKV),
         ("lin_qkv", "hidden"),
         ("vheads_qkv_rows",),
         LINEAR,
     ),
     Rule(
         "linear_attn.in_proj_z.weight",
-        "blk.{bid}.attn_gate.weight",
+        tensor_name(MT.ATTN_GATE),
         ("lin_v", "hidden"),
         ("vheads_rows",),
         LINEAR,
     ),
     Rule(
         "linear_attn.in_proj_a.weight",
-        "blk.{bid}.ssm_alpha.weight",
+        tensor_name(MT.SSM_ALPHA),
         ("lin_nv", "hidden"),
         ("vheads_rows_1",),
         LINEAR,
     ),
     Rule(
         "linear_attn.in_proj_b.weight",
-        "blk.{bid}.ssm_beta.weight",
+        tensor_name(MT.SSM_BETA),
         ("lin_nv", "hidden"),
         ("vheads_rows_1",),
         LINEAR,
     ),
     Rule(
         "linear_attn.conv1d.weight",
-        "blk.{bid}.ssm_conv1d.weight",
+        tensor_name(MT.SSM_CONV1D),
         ("lin_qkv", "one", "conv_k"),
         ("squeeze_middle", "vheads_qkv_rows"),
         LINEAR,
     ),
-    Rule("linear_attn.A_log", "blk.{bid}.ssm_a", ("lin_nv",), ("neg_exp", "vheads_vector"), LINEAR),
-    Rule("linear_attn.dt_bias", "blk.{bid}.ssm_dt.bias", ("lin_nv",), ("vheads_vector",), LINEAR),
-    Rule("linear_attn.norm.weight", "blk.{bid}.ssm_norm.weight", ("lin_dv",), (), LINEAR),
+    Rule("linear_attn.A_log", tensor_name(MT.SSM_A, ""), ("lin_nv",), ("neg_exp", "vheads_vector"), LINEAR),
+    Rule("linear_attn.dt_bias", tensor_name(MT.SSM_DT, ".bias"), ("lin_nv",), ("vheads_vector",), LINEAR),
+    Rule("linear_attn.norm.weight", tensor_name(MT.SSM_NORM), ("lin_dv",), (), LINEAR),
     Rule(
         "linear_attn.out_proj.weight",
-        "blk.{bid}.ssm_out.weight",
+        tensor_name(MT.SSM_OUT),
         ("hidden", "lin_v"),
         ("vheads_cols",),
         LINEAR,
     ),
     # Gated full attention (q_proj carries the query and its output gate)
-    Rule("self_attn.q_proj.weight", "blk.{bid}.attn_q.weight", ("q_gate", "hidden"), (), FULL),
-    Rule("self_attn.k_proj.weight", "blk.{bid}.attn_k.weight", ("kv_out", "hidden"), (), FULL),
-    Rule("self_attn.v_proj.weight", "blk.{bid}.attn_v.weight", ("kv_out", "hidden"), (), FULL),
-    Rule("self_attn.o_proj.weight", "blk.{bid}.attn_output.weight", ("hidden", "q_out"), (), FULL),
-    Rule("self_attn.q_norm.weight", "blk.{bid}.attn_q_norm.weight", ("head_dim",), ("norm_plus_one",), FULL),
-    Rule("self_attn.k_norm.weight", "blk.{bid}.attn_k_norm.weight", ("head_dim",), ("norm_plus_one",), FULL),
+    Rule("self_attn.q_proj.weight", tensor_name(MT.ATTN_Q), ("q_gate", "hidden"), (), FULL),
+    Rule("self_attn.k_proj.weight", tensor_name(MT.ATTN_K), ("kv_out", "hidden"), (), FULL),
+    Rule("self_attn.v_proj.weight", tensor_name(MT.ATTN_V), ("kv_out", "hidden"), (), FULL),
+    Rule("self_attn.o_proj.weight", tensor_name(MT.ATTN_OUT), ("hidden", "q_out"), (), FULL),
+    Rule("self_attn.q_norm.weight", tensor_name(MT.ATTN_Q_NORM), ("head_dim",), ("norm_plus_one",), FULL),
+    Rule("self_attn.k_norm.weight", tensor_name(MT.ATTN_K_NORM), ("head_dim",), ("norm_plus_one",), FULL),
     # Sparse MoE: router, routed experts (stacked), shared expert and its gate
-    Rule("mlp.gate.weight", "blk.{bid}.ffn_gate_inp.weight", ("n_expert", "hidden"), (), ffn=MOE),
+    Rule("mlp.gate.weight", tensor_name(MT.FFN_GATE_INP), ("n_expert", "hidden"), (), ffn=MOE),
     Rule(
         "mlp.experts.{e}.gate_proj.weight",
-        "blk.{bid}.ffn_gate_exps.weight",
+        tensor_name(MT.FFN_GATE_EXP),
         ("moe_ff", "hidden"),
         (),
         ffn=MOE,
     ),
-    Rule("mlp.experts.{e}.up_proj.weight", "blk.{bid}.ffn_up_exps.weight", ("moe_ff", "hidden"), (), ffn=MOE),
+    Rule("mlp.experts.{e}.up_proj.weight", tensor_name(MT.FFN_UP_EXP), ("moe_ff", "hidden"), (), ffn=MOE),
     Rule(
         "mlp.experts.{e}.down_proj.weight",
-        "blk.{bid}.ffn_down_exps.weight",
+        tensor_name(MT.FFN_DOWN_EXP),
         ("hidden", "moe_ff"),
         (),
         ffn=MOE,
     ),
     Rule(
         "mlp.shared_expert.gate_proj.weight",
-        "blk.{bid}.ffn_gate_shexp.weight",
+        tensor_name(MT.FFN_GATE_SHEXP),
         ("shexp_ff", "hidden"),
         (),
         ffn=MOE,
     ),
     Rule(
         "mlp.shared_expert.up_proj.weight",
-        "blk.{bid}.ffn_up_shexp.weight",
+        tensor_name(MT.FFN_UP_SHEXP),
         ("shexp_ff", "hidden"),
         (),
         ffn=MOE,
     ),
     Rule(
         "mlp.shared_expert.down_proj.weight",
-        "blk.{bid}.ffn_down_shexp.weight",
+        tensor_name(MT.FFN_DOWN_SHEXP),
         ("hidden", "shexp_ff"),
         (),
         ffn=MOE,
     ),
-    Rule(
-        "mlp.shared_expert_gate.weight", "blk.{bid}.ffn_gate_inp_shexp.weight", ("one", "hidden"), (), ffn=MOE
-    ),
+    Rule("mlp.shared_expert_gate.weight", tensor_name(MT.FFN_GATE_INP_SHEXP), ("one", "hidden"), (), ffn=MOE),
     # Dense SwiGLU
-    Rule("mlp.gate_proj.weight", "blk.{bid}.ffn_gate.weight", ("ff", "hidden"), (), ffn=DENSE),
-    Rule("mlp.up_proj.weight", "blk.{bid}.ffn_up.weight", ("ff", "hidden"), (), ffn=DENSE),
-    Rule("mlp.down_proj.weight", "blk.{bid}.ffn_down.weight", ("hidden", "ff"), (), ffn=DENSE),
+    Rule("mlp.gate_proj.weight", tensor_name(MT.FFN_GATE), ("ff", "hidden"), (), ffn=DENSE),
+    Rule("mlp.up_proj.weight", tensor_name(MT.FFN_UP), ("ff", "hidden"), (), ffn=DENSE),
+    Rule("mlp.down_proj.weight", tensor_name(MT.FFN_DOWN), ("hidden", "ff"), (), ffn=DENSE),
 )
 
 # Fused expert layout that transformers 5 writes with save_pretrained: gate_up [E, 2I, H], down [E, H, I].
@@ -158,10 +158,10 @@ FUSED_DOWN = "mlp.experts.down_proj"
 
 # The MTP head's own tensors (HF under "mtp."), placed on the first block after the main stack.
 MTP_RULES: tuple[tuple[str, str, tuple[str, ...], tuple[str, ...]], ...] = (
-    ("fc.weight", "blk.{bid}.nextn.eh_proj.weight", ("hidden", "two_hidden"), ()),
-    ("pre_fc_norm_embedding.weight", "blk.{bid}.nextn.enorm.weight", ("hidden",), ("norm_plus_one",)),
-    ("pre_fc_norm_hidden.weight", "blk.{bid}.nextn.hnorm.weight", ("hidden",), ("norm_plus_one",)),
-    ("norm.weight", "blk.{bid}.nextn.shared_head_norm.weight", ("hidden",), ("norm_plus_one",)),
+    ("fc.weight", tensor_name(MT.NEXTN_EH_PROJ), ("hidden", "two_hidden"), ()),
+    ("pre_fc_norm_embedding.weight", tensor_name(MT.NEXTN_ENORM), ("hidden",), ("norm_plus_one",)),
+    ("pre_fc_norm_hidden.weight", tensor_name(MT.NEXTN_HNORM), ("hidden",), ("norm_plus_one",)),
+    ("norm.weight", tensor_name(MT.NEXTN_SHARED_HEAD_NORM), ("hidden",), ("norm_plus_one",)),
 )
 
 # HF prefixes of the language model, by checkpoint flavour.

@@ -103,7 +103,7 @@ def gguf_for(ckpt: Path, quant: str, mtp: bool = True) -> Path:
 
 
 def prompt_ids() -> list[int]:
-    from quantize.synth.tokenizer import qwen_tokenizer
+    from quantize.qwen35.tokenizer import qwen_tokenizer
 
     return qwen_tokenizer().encode(PROMPT)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -87,14 +87,14 @@ class FakeEngine:
         images: Sequence[np.ndarray] = (),
         sampling: Sampling = DEFAULT_SAMPLING,
         stop: threading.Event | None = None,
-    ) -> Iterator[str]:
+    ) -> Generator[str, None, None]:
         if self.closed:
             raise EngineError("the engine is closed")
         call = Call(prompt, [np.array(im, copy=True) for im in images], sampling, stop)
         self.calls.append(call)
         return self._stream(call, self._next_script())
 
-    def _stream(self, call: Call, script: list[Piece]) -> Iterator[str]:
+    def _stream(self, call: Call, script: list[Piece]) -> Generator[str, None, None]:
         t0 = time.perf_counter()
         prompt_tokens = max(1, len(call.prompt) // 4) + 256 * len(call.images)
         self.last_stats = stats = GenStats(prompt_tokens=prompt_tokens, prefill_s=0.01)

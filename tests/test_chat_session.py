@@ -6,6 +6,7 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import get_type_hints
 
 import pytest
 from fake_engine import FakeEngine
@@ -17,7 +18,7 @@ from q35local.chat.session import AnswerDelta, ChatSession, Done, Error, Event, 
 from q35local.chat.store import Store
 from q35local.chat.template import ChatTemplate
 from q35local.engine.llama import EngineError
-from q35local.engine.sampling import NON_THINKING, THINKING
+from q35local.engine.sampling import NON_THINKING, THINKING, Sampling, SamplingChanges
 
 IMAGE_SPAN = "<|vision_start|><|image_pad|><|vision_end|>"
 THOUGHTFUL = ["<think>", "\nLet me", " see.\n", "</think>", "\n\nIt is", " 4."]
@@ -99,6 +100,11 @@ def test_a_sampling_the_user_chose_survives_the_toggle(template: ChatTemplate) -
     s2 = ChatSession(FakeEngine(), None, template, think=True, sampling=custom)
     s2.set_think(False)
     assert s2.sampling == custom
+
+
+def test_every_sampling_field_can_be_changed() -> None:
+    """with_'s keywords (SamplingChanges) are Sampling's fields, each with its type."""
+    assert get_type_hints(SamplingChanges) == get_type_hints(Sampling)
 
 
 def test_stop_keeps_the_partial_reply(store: Store, template: ChatTemplate) -> None:

@@ -21,8 +21,9 @@ from hypothesis import strategies as st
 from q35local.base.errors import InputError
 from q35local.cli import main
 from quantize.config import MAX_DIM, MAX_EXPERTS, MAX_LAYERS, Qwen35Config, load_config
+from quantize.qwen35 import config_json
 from quantize.safetensors_io import DTYPES, read_header
-from quantize.synth import config_json, spec_for
+from quantize.synth import spec_for
 
 BASE = config_json(spec_for("tiny-moe"))
 TEXT_KEYS = sorted(BASE["text_config"])

@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from q35local.base.errors import InputError
-from q35local.machine.hardware import FILE_KEYS, GPU_KEYS, Hardware, load_hardware_file
+from q35local.machine.hardware import FILE_KEYS, GPU_KEYS, load_hardware_file
+from q35local.machine.spec import Hardware
 from q35local.model.official import official_profile
 from q35local.planning.planner import Settings, plan
 from q35local.planning.speed import estimate

@@ -20,7 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_fuzz_gguf import copy_with
 
-from q35local import limits
+from q35local.base import limits
 from q35local.cli import build_parser, main
 
 HW = ["--hardware", "cpu-desktop-64"]

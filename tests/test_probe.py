@@ -10,20 +10,15 @@ import shutil
 import signal
 import stat
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from q35local.base.errors import InputError
+from q35local.base.units import GiB, MiB
 from q35local.machine import probe as probe_mod
-from q35local.machine.hardware import (
-    PROFILES,
-    Hardware,
-    load_hardware_file,
-    metal_default_cap,
-    nvidia_bandwidth,
-    resolve_hardware,
-)
+from q35local.machine.hardware import PROFILES, load_hardware_file, resolve_hardware
 from q35local.machine.probe import (
     NVIDIA_QUERY,
     _run,
@@ -34,10 +29,9 @@ from q35local.machine.probe import (
     parse_system_profiler,
     probe,
 )
+from q35local.machine.spec import Hardware, metal_default_cap, nvidia_bandwidth
 
 DATA = Path(__file__).parent / "data" / "probe"
-MiB = 1 << 20
-GiB = 1 << 30
 # absolute paths, resolved before the tests replace PATH
 SH, CAT, SLEEP = (shutil.which(t) or f"/bin/{t}" for t in ("sh", "cat", "sleep"))
 
@@ -632,7 +626,7 @@ def test_resolve_hardware_names_where_the_spec_came_from() -> None:
 
 def test_usable_ram_is_never_negative() -> None:
     """A 1 GiB machine's OS reserve (4 GiB) was planned as "-3.0 GiB available"."""
-    small = PROFILES["cpu-desktop-64"].with_(ram_total=1 << 30, ram_available=None)
+    small = replace(PROFILES["cpu-desktop-64"], ram_total=GiB, ram_available=None)
     assert small.usable_ram() == 0
 
 

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +54,41 @@ def test_run_json(tiny: Path) -> None:
     assert d["thinking"] and not d["text"]
     again = json.loads(q35("run", str(tiny), "-p", "Hello there", "-n", "16", "--seed", "3", "--json").stdout)
     assert again["thinking"] == d["thinking"]  # a seed makes it reproducible
+
+
+# `q35 run` with every read of a model's header (ModelProfile from its GGUF) counted
+COUNT_HEADER_READS = textwrap.dedent(
+    """
+    import sys
+    import q35local.engine.runtime as runtime
+    import q35local.model.profile as profile
+
+    reads = []
+
+    def counted(real):
+        def from_gguf(*args, **kwargs):
+            reads.append(args[0])
+            return real(*args, **kwargs)
+
+        return from_gguf
+
+    runtime.from_gguf = counted(runtime.from_gguf)
+    profile.from_gguf = counted(profile.from_gguf)
+    from q35local.cli import main
+
+    code = main(["run", sys.argv[1], "-p", "hi", "-n", "2", "--json"])
+    print(len(reads))
+    sys.exit(code)
+    """
+)
+
+
+def test_a_start_reads_the_header_once(tiny: Path) -> None:
+    r = subprocess.run(
+        [sys.executable, "-c", COUNT_HEADER_READS, str(tiny)], capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[-1] == "1"
 
 
 def test_run_no_think_is_all_answer(tiny: Path) -> None:

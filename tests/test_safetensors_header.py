@@ -86,7 +86,8 @@ def test_not_json_and_too_long(tmp_path: Path) -> None:
 
 
 def _two_shards(tmp_path: Path, index: dict[str, str]) -> Path:
-    from quantize.synth import config_json, spec_for
+    from quantize.qwen35 import config_json
+    from quantize.synth import spec_for
 
     ck = tmp_path / "ck"
     ck.mkdir()

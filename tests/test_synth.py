@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from test_tokenizer import TEXTS
 
-from quantize.synth.tokenizer import qwen_tokenizer
+from quantize.qwen35.tokenizer import qwen_tokenizer
 
 
 @pytest.fixture(scope="module")

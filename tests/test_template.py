@@ -13,7 +13,7 @@ from q35local.base.errors import InputError
 from q35local.chat import template
 from q35local.chat.template import DEFAULT_TEMPLATE, ChatTemplate, TemplateError, opens_thinking
 
-TEMPLATE_FILE = Path(__file__).parents[1] / "quantize" / "synth" / "chat_template.jinja"
+TEMPLATE_FILE = Path(__file__).parents[1] / "quantize" / "qwen35" / "chat_template.jinja"
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def qwen() -> ChatTemplate:
     return ChatTemplate.from_string(TEMPLATE_FILE.read_text(encoding="utf-8"), "model.gguf")
 
 
-def test_default_template_is_the_synth_file() -> None:
+def test_default_template_is_the_official_file() -> None:
     assert TEMPLATE_FILE.read_text(encoding="utf-8") == DEFAULT_TEMPLATE
     assert (
         ChatTemplate.default()
@@ -243,6 +243,10 @@ DOUBLING = "{% set ns = namespace(d=1) %}{% for i in range(64) %}"
         "{% set big = 'y' * 4000000 %}{{ ('a ' * 1000)|wordwrap(1, true, big) }}",
         "{% set big = 'y' * 4000000 %}{{ ('a' * 1000).translate({97: big}) }}",
         "{{ lipsum(1000000000) }}",
+        # a dict's views (and its mappingproxy) print the dict's contents
+        "{% set big = {'a': 'x' * 1000} %}{{ [big.items()] * 100000 }}",
+        "{% set big = {'a': 'x' * 1000} %}{{ [big.values()] * 100000 }}",
+        "{% set big = {'a': 'x' * 1000} %}{{ [big.keys().mapping] * 100000 }}",
     ],
 )
 def test_values_and_output_over_the_size_budget_are_refused_before_they_are_made(

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import gguf_for
 
-from quantize.synth.tokenizer import qwen_tokenizer
+from quantize.qwen35.tokenizer import qwen_tokenizer
 
 TEXTS = {
     "english": "The quick brown fox jumps over the lazy dog. It's 3:45pm; isn't it?",

@@ -69,7 +69,7 @@ def read_toml(path: Path, missing: str = "no such file", limit: int = 1 << 20) -
         raise InputError(path, "not valid TOML: nested too deeply") from None
 
 
-def read_json(path: Path, missing: str, limit: int = 256 << 20) -> dict:
+def read_json(path: Path, missing: str, limit: int = 256 << 20) -> dict[str, Any]:
     """A JSON object from `path`, or an InputError naming the file (`missing` says why it is needed).
 
     Only a regular file of at most `limit` bytes is read; a nesting too deep for the parser is a

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import TypeVar
 
 T_ = TypeVar("T_")
@@ -16,18 +16,21 @@ class _Failed:
         self.exc = exc
 
 
+class _Done:
+    """The producer's last item: the iterator is exhausted."""
+
+
 def prefetch(
     it: Iterator[T_], depth: int, start: Callable[[Callable[[], None]], Callable[[], object]] | None = None
-) -> Iterator[T_]:
+) -> Generator[T_, None, None]:
     """Run an iterator on another thread, `depth` items ahead (0: unbounded); errors re-raise in the
     consumer. `start(work)` runs the producer somewhere else than a new daemon thread (an executor
-    that owns a library's thread) and returns how to wait for it. If the consumer leaves early, the
-    iterator is closed on the producer's thread, so its cleanup runs where its work did."""
-    q: queue.Queue = queue.Queue(depth)
+    that owns a library's thread) and returns how to wait for it. If the consumer leaves early, a
+    generator is closed on the producer's thread, so its cleanup runs where its work did."""
+    q: queue.Queue[T_ | _Failed | _Done] = queue.Queue(depth)
     stop = threading.Event()
-    done = object()
 
-    def put(x: object) -> bool:
+    def put(x: T_ | _Failed | _Done) -> bool:
         while not stop.is_set():
             try:
                 q.put(x, timeout=0.1)
@@ -40,11 +43,10 @@ def prefetch(
         try:
             for x in it:
                 if not put(x):
-                    close = getattr(it, "close", None)
-                    if close is not None:
-                        close()
+                    if isinstance(it, Generator):  # its finally blocks run here, not at GC
+                        it.close()
                     return
-            put(done)
+            put(_Done())
         except BaseException as e:  # handed to the consumer, re-raised there
             put(_Failed(e))
 
@@ -57,7 +59,7 @@ def prefetch(
     try:
         while True:
             x = q.get()
-            if x is done:
+            if isinstance(x, _Done):
                 return
             if isinstance(x, _Failed):
                 raise x.exc

@@ -7,8 +7,9 @@ problem itself, and the CLI prints it as one line.
 from __future__ import annotations
 
 import argparse
+import builtins
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,7 @@ def _show(value: object) -> str:
     return f"{type(value).__name__} {text[:40] + '…' if len(text) > 40 else text}"
 
 
-def int_arg(lo: int | None = None, hi: int | None = None):
+def int_arg(lo: int | None = None, hi: int | None = None) -> Callable[[str], int]:
     """An argparse `type=` for a whole number in [lo, hi]: the error names the option and the range."""
 
     def parse(text: str) -> int:
@@ -73,7 +74,9 @@ def int_arg(lo: int | None = None, hi: int | None = None):
     return parse
 
 
-def float_arg(lo: float | None = None, hi: float | None = None, lo_open: bool = False):
+def float_arg(
+    lo: float | None = None, hi: float | None = None, lo_open: bool = False
+) -> Callable[[str], float]:
     """An argparse `type=` for a finite number in [lo, hi] ((lo, hi] with lo_open); NaN, inf refused."""
 
     def parse(text: str) -> float:
@@ -90,7 +93,7 @@ def float_arg(lo: float | None = None, hi: float | None = None, lo_open: bool = 
     return parse
 
 
-def size_arg(lo: int = 1):
+def size_arg(lo: int = 1) -> Callable[[str], int]:
     """An argparse `type=` for a byte size as users type it (50G, 500M, 123): at least `lo` bytes."""
 
     def parse(text: str) -> int:
@@ -170,9 +173,15 @@ class Fields:
             return None
         return int(number(v, self.field(key), lo=lo, hi=hi, integer=True, where=self.path))
 
+    # `builtins.int` from here on: in the class body `int` is now the method above
     def ints(
-        self, key: str, default: Any = REQUIRED, lo: int = 0, hi: int = 1 << 20, max_len: int = 64
-    ) -> tuple[int, ...]:
+        self,
+        key: str,
+        default: Any = REQUIRED,
+        lo: builtins.int = 0,
+        hi: builtins.int = 1 << 20,
+        max_len: builtins.int = 64,
+    ) -> tuple[builtins.int, ...]:
         """A list of whole numbers (a single number counts as a list of one)."""
         v = self.get(key, default)
         if isinstance(v, int) and not isinstance(v, bool):
@@ -184,7 +193,7 @@ class Fields:
             for i, x in enumerate(v)
         )
 
-    def text(self, key: str, default: Any = REQUIRED, max_len: int = 200) -> Any:
+    def text(self, key: str, default: Any = REQUIRED, max_len: builtins.int = 200) -> Any:
         """One line of printable text."""
         v = self.get(key, default)
         if v is default and default is not REQUIRED:

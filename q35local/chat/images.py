@@ -19,8 +19,8 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from q35local.base.errors import InputError
 from q35local.base.files import regular_file
+from q35local.base.units import MB, format_size
 
-MiB = 1024 * 1024
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".jpe", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 FACTOR = 32  # Qwen's vision tower: 16-pixel patches merged 2x2, so sides are multiples of 32
@@ -65,7 +65,7 @@ def prepare_image(
     *,
     min_pixels: int = 256 * 256,
     max_pixels: int = 1024 * 1024,
-    max_file_bytes: int = 50 * MiB,
+    max_file_bytes: int = 50 * MB,  # a file size, so decimal (base/units.py)
     max_source_pixels: int = MAX_SOURCE_PIXELS,
 ) -> PreparedImage:
     """Load `path` as RGB scaled into [min_pixels, max_pixels]; any problem is one InputError line."""
@@ -81,7 +81,7 @@ def prepare_image(
     size = regular_file(path, "no such image file").st_size
     if size > max_file_bytes:
         raise InputError(
-            path, f"image file is {size / MiB:.0f} MiB; the limit is {max_file_bytes / MiB:.0f} MiB"
+            path, f"image file is {format_size(size)}; the limit is {format_size(max_file_bytes)}"
         )
     with warnings.catch_warnings():
         # Pillow warns above ~89 MP; our own limit (checked below, before decoding) is what applies.
@@ -92,10 +92,10 @@ def prepare_image(
         except UnidentifiedImageError:
             raise InputError(path, "not an image (or not PNG, JPEG, WebP, GIF, BMP or TIFF)") from None
         except Image.DecompressionBombError:  # above Pillow's own hard limit (~179 MP)
-            size = _claimed_size(path)
-            if size is None:
+            claimed = _claimed_size(path)
+            if claimed is None:
                 raise InputError(path, f"image is over {_megapixels(max_source_pixels)}") from None
-            raise _too_big(path, *size, max_source_pixels) from None
+            raise _too_big(path, *claimed, max_source_pixels) from None
         except (OSError, SyntaxError, ValueError, EOFError) as e:
             raise InputError(path, f"damaged or unreadable image ({' '.join(str(e).split())})") from None
 

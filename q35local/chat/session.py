@@ -20,8 +20,8 @@ from pathlib import Path
 
 from q35local.base.errors import InputError
 from q35local.chat.images import PreparedImage, prepare_image
-from q35local.chat.store import Store
-from q35local.chat.template import ChatTemplate, opens_thinking
+from q35local.chat.store import ConversationSettings, Store
+from q35local.chat.template import ChatMessage, ChatTemplate, ContentPart, opens_thinking
 from q35local.chat.thinking import ThinkSplitter
 from q35local.engine.llama import Engine, EngineError, GenStats
 from q35local.engine.sampling import Sampling, recommended
@@ -68,7 +68,7 @@ class Error:
 Event = ThinkingDelta | AnswerDelta | Done | Error
 
 
-def _stats(d: dict | None, where: str, notes: list[str]) -> GenStats | None:
+def _stats(d: dict[str, object] | None, where: str, notes: list[str]) -> GenStats | None:
     """GenStats from its stored dict: fields this version does not know are ignored, and one whose
     value has the wrong type (the file is the user's) keeps its default, with a note."""
     if not d:
@@ -77,24 +77,32 @@ def _stats(d: dict | None, where: str, notes: list[str]) -> GenStats | None:
     for f in dataclasses.fields(GenStats):
         if f.name not in d:
             continue
-        value, default = d[f.name], getattr(out, f.name)
-        if isinstance(default, bool):
-            ok = isinstance(value, bool)
-        elif isinstance(default, int | float):  # a count or seconds: a finite number, not negative
-            ok = (
-                isinstance(value, int | float)
-                and not isinstance(value, bool)
-                and math.isfinite(value)
-                and 0 <= value < 1e15
-                and (isinstance(default, float) or float(value).is_integer())
-            )
+        value = _stat(d[f.name], f.default)  # every GenStats field has a plain default
+        if value is not None:
+            setattr(out, f.name, value)
         else:
-            ok = isinstance(value, type(default)) and len(value) <= 40
-        if ok:
-            setattr(out, f.name, type(default)(value))
-        else:
-            notes.append(f"{where}: stats_json: {f.name} is {value!r:.40}; not shown")
+            notes.append(f"{where}: stats_json: {f.name} is {d[f.name]!r:.40}; not shown")
     return out
+
+
+def _stat(value: object, default: object) -> bool | int | float | str | None:
+    """A stored stat as the type of its field's `default`; None when it is not one."""
+    if isinstance(default, bool):
+        return value if isinstance(value, bool) else None
+    if isinstance(default, int | float):  # a count or seconds: a finite number, not negative
+        if (
+            not isinstance(value, int | float)
+            or isinstance(value, bool)
+            or not math.isfinite(value)
+            or not 0 <= value < 1e15
+        ):
+            return None
+        if isinstance(default, float):
+            return float(value)
+        return int(value) if float(value).is_integer() else None
+    if isinstance(default, str):
+        return value if isinstance(value, str) and len(value) <= 40 else None
+    return None
 
 
 def title_for(text: str, limit: int = 60) -> str:
@@ -177,20 +185,20 @@ class ChatSession:
 
     # --- prompt ---
 
-    def _template_messages(self) -> list[dict]:
-        msgs: list[dict] = [{"role": "system", "content": self.system}] if self.system else []
+    def _template_messages(self) -> list[ChatMessage]:
+        msgs: list[ChatMessage] = [{"role": "system", "content": self.system}] if self.system else []
         last_assistant = max((i for i, m in enumerate(self.messages) if m.role == "assistant"), default=-1)
         for i, m in enumerate(self.messages):
-            content: str | list[dict] = m.content
+            content: str | list[ContentPart] = m.content
             if m.images:
-                parts: list[dict] = []
+                parts: list[ContentPart] = []
                 for img in m.images:
                     if isinstance(img, PreparedImage):
                         parts.append({"type": "image"})
                     else:  # a history image we could not (or need not) load: say so in words
                         parts.append({"type": "text", "text": f"[image not available: {img.name}]\n"})
                 content = [*parts, {"type": "text", "text": m.content}]
-            d: dict = {"role": m.role, "content": content}
+            d: ChatMessage = {"role": m.role, "content": content}
             if i == last_assistant and m.thinking:
                 d["reasoning_content"] = m.thinking
             msgs.append(d)
@@ -248,7 +256,7 @@ class ChatSession:
         user = Message("user", text, images=list(prepared))
         if self.store is not None:
             if self.conversation_id is None:
-                settings = {"system": self.system} if self.system else {}
+                settings: ConversationSettings = {"system": self.system} if self.system else {}
                 self.conversation_id = self.store.new_conversation(
                     self.engine.info.model_name, title_for(text) or "New chat", settings
                 )
@@ -310,9 +318,7 @@ class ChatSession:
                         self._save(reply)
                         saved_at = time.monotonic()
             finally:
-                close = getattr(pieces, "close", None)
-                if close is not None:
-                    close()
+                pieces.close()  # a reader that leaves early stops the engine at the next token
             yield from self._apply(reply, splitter.flush())
             stats = dataclasses.replace(self.engine.last_stats)
             reply.stats, reply.complete = stats, True

@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any, TypedDict, cast, get_type_hints
 
 from q35local.base.errors import InputError
 from q35local.base.files import regular_file
@@ -30,7 +31,15 @@ from q35local.base.settings import data_dir
 
 SCHEMA_VERSION = 1
 ROLES = ("system", "user", "assistant")
-SETTINGS = {"system": str}  # the settings a conversation keeps, and their types (others are kept as is)
+
+
+class ConversationSettings(TypedDict, total=False):
+    """The settings a conversation keeps (keys this version does not know are kept as they are)."""
+
+    system: str  # the system prompt
+
+
+SETTINGS: dict[str, type] = get_type_hints(ConversationSettings)  # each key's type, checked on read
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS conversations (
     id INTEGER PRIMARY KEY,
@@ -69,7 +78,7 @@ class StoredMessage:
     images: list[str]  # file paths as attached
     created: float  # unix time
     complete: bool  # False: the reply was cut off by a crash or an engine error while streaming
-    stats: dict | None  # GenStats fields of an assistant reply
+    stats: dict[str, object] | None  # GenStats fields of an assistant reply, as the file holds them
     notes: list[str] = field(default_factory=list)  # fields of this row that were damaged (see module doc)
 
 
@@ -80,7 +89,7 @@ class ConversationRow:
     model: str
     created: float
     updated: float
-    settings: dict
+    settings: ConversationSettings
     notes: list[str] = field(default_factory=list)  # fields of this row that were damaged (see module doc)
 
 
@@ -134,14 +143,16 @@ class Store:
     def _touch(self, db: sqlite3.Connection, conv: int) -> None:
         db.execute("UPDATE conversations SET updated=? WHERE id=?", (time.time(), conv))
 
-    def new_conversation(self, model: str, title: str = "New chat", settings: dict | None = None) -> int:
+    def new_conversation(
+        self, model: str, title: str = "New chat", settings: ConversationSettings | None = None
+    ) -> int:
         now = time.time()
         with self._sql() as db:
             cur = db.execute(
                 "INSERT INTO conversations(title, model, created, updated, settings_json) VALUES (?,?,?,?,?)",
                 (title, model, now, now, json.dumps(settings or {})),
             )
-            return int(cur.lastrowid)
+            return _rowid(cur)
 
     def add_message(
         self,
@@ -159,7 +170,7 @@ class Store:
                 (conv, role, content, thinking, json.dumps([str(p) for p in images]), time.time(), complete),
             )
             self._touch(db, conv)
-            return int(cur.lastrowid)
+            return _rowid(cur)
 
     def update_message(
         self,
@@ -168,9 +179,9 @@ class Store:
         content: str | None = None,
         thinking: str | None = None,
         complete: bool | None = None,
-        stats: dict | None = None,
+        stats: dict[str, Any] | None = None,
     ) -> None:
-        changes = {"content": content, "thinking": thinking, "complete": complete}
+        changes: dict[str, object] = {"content": content, "thinking": thinking, "complete": complete}
         sets = {k: v for k, v in changes.items() if v is not None}
         if stats is not None:
             sets["stats_json"] = json.dumps(stats)
@@ -240,7 +251,7 @@ class Store:
             model=check.text(r[2], "model", "unknown model"),
             created=check.time(r[3], "created"),
             updated=check.time(r[4], "updated"),
-            settings=settings,
+            settings=cast(ConversationSettings, settings),  # each known key's type checked above
             notes=check.notes,
         )
 
@@ -249,10 +260,10 @@ class Store:
         role = r[2]
         if role not in ROLES:
             check.note(f"role is {role!r:.40}, not one of {', '.join(ROLES)}; the message is left out")
-        images = check.json_list(r[5], "images_json")
-        if not all(isinstance(p, str) and p and "\0" not in p for p in images):
+        listed = check.json_list(r[5], "images_json")
+        images = [p for p in listed if isinstance(p, str) and p and "\0" not in p]
+        if len(images) != len(listed):
             check.note("images_json: an entry is not a file name; left out")
-            images = [p for p in images if isinstance(p, str) and p and "\0" not in p]
         complete = r[7]
         if complete not in (0, 1):  # True/False are stored as 1/0
             check.note(f"complete is {complete!r:.40}, not 0 or 1; read as 1")
@@ -275,7 +286,7 @@ class Store:
         with self._sql() as db:
             db.execute("UPDATE conversations SET title=? WHERE id=?", (title, conv))
 
-    def set_settings(self, conv: int, settings: dict) -> None:
+    def set_settings(self, conv: int, settings: ConversationSettings) -> None:
         with self._sql() as db:
             db.execute("UPDATE conversations SET settings_json=? WHERE id=?", (json.dumps(settings), conv))
 
@@ -288,8 +299,9 @@ class Store:
         row = self.conversation(conv)
         when = datetime.fromtimestamp(row.created).strftime("%Y-%m-%d %H:%M")
         out = [f"# {row.title}", "", f"*{row.model} · {when}*", ""]
-        if row.settings.get("system"):
-            out += ["**System**", "", row.settings["system"], ""]
+        system = row.settings.get("system")
+        if system:
+            out += ["**System**", "", system, ""]
         for m in self.messages(conv):
             out += [f"**{m.role.capitalize()}**", ""]
             out += [
@@ -308,6 +320,13 @@ class Store:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _rowid(cur: sqlite3.Cursor) -> int:
+    """The id of the row an INSERT just made (sqlite3 types lastrowid as optional: None before any)."""
+    rowid = cur.lastrowid
+    assert rowid is not None, "lastrowid read before an INSERT"
+    return rowid
 
 
 class _Check:
@@ -346,13 +365,13 @@ class _Check:
             self.note(f"{name} is not valid JSON; read as empty")
             return None
 
-    def json_object(self, value: object, name: str) -> dict:
+    def json_object(self, value: object, name: str) -> dict[str, object]:
         data = self._parse(value, name)
         if data is not None and not isinstance(data, dict):
             self.note(f"{name} holds {_kind(data)}, not an object; read as empty")
         return data if isinstance(data, dict) else {}
 
-    def json_list(self, value: object, name: str) -> list:
+    def json_list(self, value: object, name: str) -> list[object]:
         data = self._parse(value, name)
         if data is not None and not isinstance(data, list):
             self.note(f"{name} holds {_kind(data)}, not a list; read as empty")

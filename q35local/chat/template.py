@@ -25,10 +25,10 @@ import string
 import threading
 import time
 import types
-from collections.abc import Iterable, Iterator
+from _collections_abc import dict_items, dict_keys, dict_values  # the types of a dict's views
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 import jinja2
 import jinja2.ext
@@ -40,16 +40,14 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import Namespace, generate_lorem_ipsum, pass_environment, pass_eval_context
 from markupsafe import Markup, escape, soft_str
 
-import quantize
+import quantize.qwen35
 from q35local.base.errors import InputError
 from q35local.base.limits import MAX_TEMPLATE_BYTES, template_too_big
 
 if TYPE_CHECKING:
-    from q35local.engine.llama import LlamaEngine
+    from q35local.engine.llama import Engine
 
-DEFAULT_TEMPLATE = (Path(quantize.__file__).parent / "synth" / "chat_template.jinja").read_text(
-    encoding="utf-8"
-)
+DEFAULT_TEMPLATE = quantize.qwen35.CHAT_TEMPLATE.read_text(encoding="utf-8")
 
 MiB = 1 << 20
 RENDER_SECONDS = 2.0  # wall time for one render (the built-in template takes well under 1 ms)
@@ -61,6 +59,21 @@ _POLL_S = 0.05  # the watchdog's tick: a render is stopped within this of its de
 
 class TemplateError(InputError):
     """The chat template cannot be compiled or rendered (named by its origin, e.g. the GGUF file)."""
+
+
+class ContentPart(TypedDict):
+    """One part of a message's content, as Hugging Face templates take it."""
+
+    type: str  # "text" or "image" (an image renders as its span; the engine gets its pixels)
+    text: NotRequired[str]
+
+
+class ChatMessage(TypedDict):
+    """A message as Hugging Face templates take it (and as q35 sends it)."""
+
+    role: str  # "system", "user" or "assistant"
+    content: str | list[ContentPart]
+    reasoning_content: NotRequired[str]  # the thinking of the last assistant turn
 
 
 class _Raised(Exception):
@@ -157,27 +170,35 @@ _WATCHDOG = _Watchdog()
 
 _BUILTIN_METHOD = types.BuiltinMethodType
 _JINJA_KWARGS = frozenset({"_loop_vars", "_block_vars"})
-_local = threading.local()  # .sizes: this render's {id: (container, size)} (kept alive while cached)
+
+
+class _RenderState(threading.local):
+    """Per thread: the sizes of the render running on it, {id: (container, size)} (each container
+    kept alive while its size is cached, so its id is not reused); None outside a render."""
+
+    sizes: dict[int, tuple[object, int]] | None = None
+
+
+_local = _RenderState()
 
 
 def _size(x: object, depth: int = 0) -> int:
     """About how many characters str(x) / repr(x) / tojson(x) would take, shared parts counted each
     time (what printing them costs); counting stops just past MAX_OUTPUT. Namespaces print without
     their contents (see _Namespace), so they count as small and may change without breaking this."""
-    t = type(x)
-    if t is str or isinstance(x, str | bytes):
-        return len(x) + 2  # type: ignore[arg-type]
-    if t is int:
-        return x.bit_length() // 3 + 2  # type: ignore[attr-defined]
-    if isinstance(x, dict):
+    if type(x) is str or isinstance(x, str | bytes):
+        return len(x) + 2
+    if type(x) is int:  # not a bool (nor an IntEnum): those print short
+        return x.bit_length() // 3 + 2
+    if isinstance(x, dict | types.MappingProxyType):
         items: Iterable[object] = (v for kv in x.items() for v in kv)
     elif isinstance(x, list | tuple):
         items = x
-    elif isinstance(x, type({}.items()) | type({}.keys()) | type({}.values())):
-        return _size(x.mapping, depth)  # type: ignore[attr-defined]
+    elif isinstance(x, dict_items | dict_keys | dict_values):  # they print their dict's contents
+        items = (v for kv in x.mapping.items() for v in kv)
     else:
         return 8  # numbers, None, Undefined, loop, macros, ranges, namespaces: short reprs
-    sizes: dict[int, tuple[object, int]] | None = getattr(_local, "sizes", None)
+    sizes = _local.sizes
     if sizes is not None and id(x) in sizes:
         return sizes[id(x)][1]
     if depth > MAX_NESTING:
@@ -346,7 +367,7 @@ class _StrictSandbox(ImmutableSandboxedEnvironment):
         return Markup("").join(strs) if autoescape else "".join(strs)
 
     @staticmethod
-    def concat(parts: Iterable[str]) -> str:  # type: ignore[override]
+    def concat(parts: Iterable[str]) -> str:
         """jinja joins a block's (or a macro's) output with this: `{% set x %}...{% endset %}`."""
         if type(parts) is not list:
             parts = list(parts)
@@ -484,7 +505,7 @@ def _tojson(
     return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
 
-def _one_line(text: str) -> str:
+def _one_line(text: str | BaseException) -> str:
     return " ".join(str(text).split())
 
 
@@ -543,7 +564,7 @@ class ChatTemplate:
         return cls.from_string(DEFAULT_TEMPLATE, "built-in chat template")
 
     def render(
-        self, messages: list[dict], *, enable_thinking: bool, add_generation_prompt: bool = True
+        self, messages: Sequence[ChatMessage], *, enable_thinking: bool, add_generation_prompt: bool = True
     ) -> str:
         """The prompt for `messages`, within the render budget (RENDER_SECONDS, MAX_OUTPUT)."""
         try:
@@ -597,7 +618,7 @@ def opens_thinking(prompt: str) -> bool:
     return tail.rfind("<think>") > tail.rfind("</think>")
 
 
-def template_for(engine: LlamaEngine) -> ChatTemplate:
+def template_for(engine: Engine) -> ChatTemplate:
     """The GGUF's own chat template (sandboxed), or ours when it has none."""
     src = engine.info.chat_template
     if not src:

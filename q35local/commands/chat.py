@@ -78,7 +78,7 @@ def _system(text: str | None) -> str | None:
 def run_chat(args: argparse.Namespace) -> int:
     from q35local.chat.store import Store
     from q35local.chat.template import template_for
-    from q35local.engine.runtime import context_for, open_engine
+    from q35local.engine.runtime import context_for, open_engine, read_model
     from q35local.model.profile import default_mmproj
     from q35local.tui.app import ChatApp, launch
     from quantize.gguf_file import mmproj_name
@@ -89,8 +89,9 @@ def run_chat(args: argparse.Namespace) -> int:
     model = _model(args.model)
     if args.mmproj is not None:
         regular_file(args.mmproj, "no such mmproj file")
-    n_ctx = context_for(model, args.ctx)  # the header, checked, before anything loads
     mmproj = args.mmproj or default_mmproj(model)
+    profile = read_model(model, mmproj)  # the headers, checked, before anything loads
+    n_ctx = context_for(profile, model, args.ctx)
     store = Store()  # before the load: a bad data dir or database is one line, not a wasted load
     if args.resume is not None:
         store.conversation(args.resume)  # no such id: say so now
@@ -112,7 +113,7 @@ def run_chat(args: argparse.Namespace) -> int:
                 bar.update(task, completed=x)
                 return True
 
-            engine = open_engine(model, mmproj, n_ctx, progress=progress)
+            engine = open_engine(model, mmproj, n_ctx, profile, progress=progress)
     except BaseException:
         store.close()
         raise

@@ -8,6 +8,7 @@ import re
 import shlex
 from dataclasses import replace
 from pathlib import Path
+from typing import TypedDict
 
 from rich import box
 from rich.console import Console
@@ -15,8 +16,11 @@ from rich.table import Table
 
 from q35local.base.errors import InputError
 from q35local.base.limits import CTX, DEFAULT_CTX, MARGIN_GIB, PARALLEL, check_ctx, quant_arg
+from q35local.base.units import GB, GiB, MiB, format_memory, format_size
 from q35local.base.validate import float_arg, int_arg
-from q35local.machine.hardware import PROFILES, GiB, Hardware, resolve_hardware
+from q35local.machine.hardware import PROFILES, resolve_hardware
+from q35local.machine.probe import disk_read_speed
+from q35local.machine.spec import Hardware
 from q35local.model.official import OFFICIAL, lookup, official_profiles
 from q35local.model.profile import ModelProfile, default_mmproj, from_checkpoint, from_gguf
 from q35local.planning.planner import Plan, Settings, plan, ram_need
@@ -112,10 +116,11 @@ def suggestions(m: ModelProfile, hw: Hardware, s: Settings, p: Plan) -> list[str
     # a Mac's GPU cap
     if hw.unified and hw.devices:
         gpu = p.devices[0]
-        need_mb = (gpu.planned_bytes + s.margin + m.expert_bytes) // (1 << 20) + 1024
-        if need_mb * (1 << 20) + 8 * GiB <= hw.ram_total:
-            raised = hw.with_(
-                devices=(replace(hw.devices[0], total_bytes=need_mb << 20, free_bytes=None),),
+        need_mb = (gpu.planned_bytes + s.margin + m.expert_bytes) // MiB + 1024  # wired_limit_mb is MiB
+        if need_mb * MiB + 8 * GiB <= hw.ram_total:
+            raised = replace(
+                hw,
+                devices=(replace(hw.devices[0], total_bytes=need_mb * MiB, free_bytes=None),),
                 metal_wired_limit_mb=need_mb,
             )
             if plan(m, raised, s).fits:
@@ -130,10 +135,10 @@ def suggestions(m: ModelProfile, hw: Hardware, s: Settings, p: Plan) -> list[str
         lower = [q for q in LADDER if q != m.quant]
         for q, prof in official_profiles(name, lower).items():
             if prof.file_bytes < m.file_bytes and plan(prof, hw, s).fits:
-                out.append(f"a lower preset: --quant {q} ({prof.file_bytes / 1e9:.1f} GB) fits")
+                out.append(f"a lower preset: --quant {q} ({format_size(prof.file_bytes)}) fits")
                 break
     elif deficit:
-        out.append(f"a smaller quantization: about {max(0, m.file_bytes - deficit) / 1e9:.1f} GB or less")
+        out.append(f"a smaller quantization: about {format_size(max(0, m.file_bytes - deficit))} or less")
     # more RAM
     need = ram_need(p, hw)
     if need > hw.usable_ram():
@@ -249,7 +254,7 @@ def print_report(
 ) -> None:
     colour = "green" if p.verdict.startswith("fits on") else ("yellow" if p.fits else "red")
     console.print(
-        f"[bold]{m.name}[/] {m.quant}, {_size(m.file_bytes)} ({m.params / 1e9:.3g}B params) "
+        f"[bold]{m.name}[/] {m.quant}, {format_size(m.file_bytes)} ({m.params / 1e9:.3g}B params) "
         f"on [bold]{hw.name}[/]: [bold {colour}]{p.verdict}[/] at {p.settings.n_ctx:,} tokens of context"
     )
     # no vertical rules and one space between columns: nine columns read whole at 80 columns
@@ -258,7 +263,7 @@ def print_report(
         t.add_column(col, justify="left" if col == "device" else "right", no_wrap=col != "device")
 
     def g(n: int) -> str:
-        return f"{n / GiB:.1f}G" if n >= GiB / 10 else f"{n / 2**20:.0f}M"
+        return format_memory(n, short=True)
 
     for d in p.devices:
         over = d.planned_bytes + p.settings.margin > d.usable_bytes
@@ -276,7 +281,7 @@ def print_report(
     console.print(t)
     console.print(
         "[dim]G = GiB, M = MiB; state = DeltaNet recurrent state; usable = free memory (on a Mac "
-        f"the GPU's working-set cap); {p.settings.margin / GiB:.1f} GiB kept free on each[/]"
+        f"the GPU's working-set cap); {format_memory(p.settings.margin)} kept free on each[/]"
     )
     for d in p.devices:
         if d.kind == "cpu":
@@ -307,7 +312,7 @@ def print_report(
             console.print(f"  • {s_}")
     if hw.disk_free is not None:
         speed = f", reads {hw.disk_read_gbs:.1f} GB/s" if hw.disk_read_gbs else ""
-        console.print(f"[dim]disk where the model lies: {hw.disk_free / 1e9:.0f} GB free{speed}[/]")
+        console.print(f"[dim]disk where the model lies: {format_size(hw.disk_free)} free{speed}[/]")
     for line in hw.llama_build:
         if not line.startswith("MISMATCH"):  # a mismatch is a note, in red
             console.print(f"[dim]{line}[/]", highlight=False)
@@ -321,15 +326,23 @@ def print_report(
         console.print(f"llama.cpp:  {llama_server_flags(m, p, model_arg)}")
 
 
-def _size(n: int) -> str:  # one decimal in the tables and hints, where 3 digits would be noise
-    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
+class Ranked(TypedDict):
+    """One row of `q35 fit --best` (and of its --json)."""
+
+    model: str
+    quant: str
+    file_bytes: int
+    verdict: str
+    bits_per_weight: float
+    decode_tps: float
+    params: int
 
 
-def best(hw: Hardware, s: Settings) -> list[dict]:
+def best(hw: Hardware, s: Settings) -> list[Ranked]:
     """Official model × preset combinations that fit, best expected quality first: the larger model
     wins over more bits down to 3 bits (Qwen's own and the community's KLD results put a 2-3-bit
     large MoE above a 4-8-bit smaller sibling only from about 3 bits on), then more bits."""
-    rows = []
+    rows: list[Ranked] = []
     for name in OFFICIAL:
         for q, prof in official_profiles(name, LADDER).items():
             if s.n_ctx > prof.n_ctx_train:  # a context it was not trained for is no candidate
@@ -366,13 +379,14 @@ def run_fit(args: argparse.Namespace) -> int:
             print(json.dumps({"hardware": hw.name, "ranked": rows}, indent=1))
             return 0
         t = Table(title=f"Qwen 3.5 on {hw.name}, {s.n_ctx:,} tokens of context: what fits, best first")
+        # sizes as bare numbers under a "GB" heading: a unit in every cell would wrap the rows at 80 columns
         for col in ("model", "quant", "GB", "bits/weight", "layout", "decode t/s"):
             t.add_column(col)
         for r in rows[:15]:
             t.add_row(
                 r["model"],
                 r["quant"],
-                f"{r['file_bytes'] / 1e9:.1f}",
+                f"{r['file_bytes'] / GB:.1f}",
                 f"{r['bits_per_weight']:.2f}",
                 r["verdict"],
                 f"{r['decode_tps']:.1f}",
@@ -399,9 +413,7 @@ def run_fit(args: argparse.Namespace) -> int:
         factors = load_factors(hw) if args.hardware == "auto" else None
     if not p.fits and not hw.devices and args.hardware == "auto" and local is not None and local.is_file():
         # paging from disk is the question now: measure the disk the model lies on
-        from q35local.machine.probe import disk_read_speed
-
-        hw = hw.with_(disk_read_gbs=disk_read_speed(local))
+        hw = replace(hw, disk_read_gbs=disk_read_speed(local))
     e = estimate(m, hw, p, factors)
     sugg = suggestions(m, hw, s, p)
     if args.json:

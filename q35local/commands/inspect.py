@@ -28,26 +28,28 @@ def _show(v: object) -> str:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
+    from gguf import Keys
+
+    from quantize.config import GGUF_ARCHS
     from quantize.gguf_read import read_gguf
 
     path: Path = args.model
     r = read_gguf(path)  # checked: a header llama.cpp would abort on is refused here, by name
     get = r.get
 
-    arch = get("general.architecture")
-    print(f"{path.name}: {_show(arch)}, {_show(get('general.name'))}, {len(r.tensors)} tensors in this file")
-    if arch in ("qwen35", "qwen35moe"):
+    arch = get(Keys.General.ARCHITECTURE)
+    title = _show(get(Keys.General.NAME))
+    print(f"{path.name}: {_show(arch)}, {title}, {len(r.tensors)} tensors in this file")
+    if arch in GGUF_ARCHS:
         keys = [
-            "block_count",
-            "embedding_length",
-            "expert_count",
-            "expert_used_count",
-            "nextn_predict_layers",
+            Keys.LLM.BLOCK_COUNT,
+            Keys.LLM.EMBEDDING_LENGTH,
+            Keys.LLM.EXPERT_COUNT,
+            Keys.LLM.EXPERT_USED_COUNT,
+            Keys.LLM.NEXTN_PREDICT_LAYERS,
         ]
-        print(
-            "  "
-            + ", ".join(f"{k}={_show(get(f'{arch}.{k}'))}" for k in keys if get(f"{arch}.{k}") is not None)
-        )
+        found = {k.removeprefix("{arch}."): get(k.format(arch=arch)) for k in keys}
+        print("  " + ", ".join(f"{k}={_show(v)}" for k, v in found.items() if v is not None))
     from q35local.machine.cpufeatures import report_lines
 
     for line in report_lines():

@@ -48,12 +48,13 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
 def run_run(args: argparse.Namespace) -> int:
     from q35local.chat.session import AnswerDelta, ChatSession, Done, Error, ThinkingDelta
     from q35local.chat.template import template_for
-    from q35local.engine.runtime import context_for, open_engine
+    from q35local.engine.runtime import context_for, open_engine, read_model
     from q35local.model.profile import default_mmproj
 
-    n_ctx = context_for(args.model, args.ctx)  # the header, checked, before anything loads
     mmproj = args.mmproj or default_mmproj(args.model)
-    engine = open_engine(args.model, mmproj, n_ctx, threads=args.threads, verbose=args.verbose)
+    profile = read_model(args.model, mmproj)  # the headers, checked, before anything loads
+    n_ctx = context_for(profile, args.model, args.ctx)
+    engine = open_engine(args.model, mmproj, n_ctx, profile, threads=args.threads, verbose=args.verbose)
     try:
         sampling = recommended(args.think).with_(max_tokens=args.max_tokens, seed=args.seed)
         if args.temperature is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TypedDict
 
 from rich.console import Console
 
@@ -65,7 +66,7 @@ def calibrate(
     factors = {"decode": dec / est.decode_tps, "prefill": pre / est.prefill_tps}
     path = calibration_path()
     try:
-        data = _read_cache(path) or {"machines": {}}
+        data: _Cache = _read_cache(path) or {"machines": {}}
     except InputError:
         data = {"machines": {}}  # a damaged cache is replaced: this run measures anew
     data["machines"][_key(hw)] = factors
@@ -84,7 +85,13 @@ def calibrate(
 FACTOR = (0.0, 1000.0)  # measured / estimated: past these the estimate or the measurement is broken
 
 
-def _read_cache(path: Path) -> dict | None:
+class _Cache(TypedDict):
+    """The calibration cache file."""
+
+    machines: dict[str, dict[str, float]]  # hardware key -> {"decode": factor, "prefill": factor}
+
+
+def _read_cache(path: Path) -> _Cache | None:
     """The calibration cache, {"machines": {KEY: {"decode": x, "prefill": y}}}, every value checked;
     None if there is none yet. A damaged one is an InputError that says how to mend it."""
     if not path.exists():

@@ -12,7 +12,7 @@ import ctypes
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,11 +84,12 @@ class Engine(Protocol):
         images: Sequence[np.ndarray] = (),
         sampling: Sampling = DEFAULT_SAMPLING,
         stop: threading.Event | None = None,
-    ) -> Iterator[str]:
+    ) -> Generator[str, None, None]:
         """Stream the reply to `prompt` (a fully rendered chat prompt; each image is an RGB uint8
         [H, W, 3] array matching one <|vision_start|><|image_pad|><|vision_end|> span, in order).
         Yields text pieces (valid UTF-8, never a split character). Ends at end of turn, max_tokens,
-        or when `stop` is set (then last_stats.stopped is True). Raises EngineError."""
+        or when `stop` is set (then last_stats.stopped is True), or at the next token once the reader
+        closes the generator. Raises EngineError."""
         ...
 
     def close(self) -> None: ...
@@ -104,6 +105,13 @@ class LlamaEngine:
     Every llama.cpp call runs on one thread the engine owns. ggml's CPU backend keeps an OpenMP
     team per calling thread, and an idle team spins: decoding from a second thread (a UI worker after
     a load on the main thread) measured 3× slower on 2 cores."""
+
+    # set by _init, on the engine's thread
+    info: EngineInfo
+    last_stats: GenStats
+    n_ctx: int
+    n_batch: int
+    tokens: list[int]  # what the context holds, in order
 
     def __init__(
         self,
@@ -122,7 +130,10 @@ class LlamaEngine:
         one, the engine reads it. `extra_bufts` forces llama.cpp's repacked/AMX weight buffers on or
         off (the setup self-test forces them on); None lets the loader decide by the build."""
         self._exec: ThreadPoolExecutor | None = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
-        self.model = self.ctx = None
+        # llama.cpp's handles: None before the load and after close (then they would be freed memory)
+        self._model: llama_cpp.llama_model_p | None = None
+        self._ctx: llama_cpp.llama_context_p | None = None
+        self._vocab: llama_cpp.llama_vocab_p | None = None
         self.vision: Vision | None = None
         args = (model_path, mmproj, n_ctx, plan, n_threads, progress, layout, profile, extra_bufts)
         try:
@@ -150,18 +161,19 @@ class LlamaEngine:
         llamalog.capture()
         profile = profile or from_gguf(Path(model_path))
         self._lp = model_params(plan, progress=progress, extra_bufts=extra_bufts)
-        self.model = load_model(Path(model_path), self._lp)
-        self.vocab = llama_cpp.llama_model_get_vocab(self.model)
+        # load_model's pointer is a plain int; llama.cpp's bindings type it as llama_model_p
+        model = self._model = llama_cpp.llama_model_p(load_model(Path(model_path), self._lp))
+        self._vocab = llama_cpp.llama_model_get_vocab(model)
         threads = n_threads or psutil.cpu_count(logical=False) or os.cpu_count() or 1
         cp = context_params(n_ctx, threads=threads)
         self.n_batch = cp.n_batch
-        self.ctx = llama_cpp.llama_init_from_model(self.model, cp)
-        if not self.ctx:
+        ctx = self._ctx = llama_cpp.llama_init_from_model(model, cp)
+        if not ctx:
             raise EngineError(f"llama.cpp could not create a {n_ctx}-token context (out of memory?)")
-        self.n_ctx = llama_cpp.llama_n_ctx(self.ctx)
+        self.n_ctx = llama_cpp.llama_n_ctx(ctx)
         if mmproj is not None:
-            self.vision = Vision(self, mmproj, n_threads=threads)  # type: ignore[arg-type]
-        self.tokens: list[int] = []  # what the context holds, in order
+            self.vision = Vision(self, mmproj, n_threads=threads)
+        self.tokens = []
         self.last_stats = GenStats()
         self.info = EngineInfo(
             model_path=str(model_path),
@@ -172,6 +184,30 @@ class LlamaEngine:
             layout=layout,
             chat_template=self._meta("tokenizer.chat_template"),
         )
+
+    @property
+    def model(self) -> llama_cpp.llama_model_p:
+        if self._model is None:
+            raise EngineError("the engine is closed")
+        return self._model
+
+    @property
+    def ctx(self) -> llama_cpp.llama_context_p:
+        if self._ctx is None:
+            raise EngineError("the engine is closed")
+        return self._ctx
+
+    @property
+    def vocab(self) -> llama_cpp.llama_vocab_p:
+        if self._vocab is None:
+            raise EngineError("the engine is closed")
+        return self._vocab
+
+    def _thread(self) -> ThreadPoolExecutor:
+        """The engine's thread, where every llama.cpp call runs."""
+        if self._exec is None:
+            raise EngineError("the engine is closed")
+        return self._exec
 
     def _meta(self, key: str) -> str | None:
         """A metadata value as text, whole: llama.cpp returns the value's full length, and when that
@@ -222,7 +258,7 @@ class LlamaEngine:
                 raise EngineError(f"llama.cpp could not evaluate the prompt (llama_decode returned {rc})")
             self.tokens.extend(chunk)
 
-    def _sampler(self, s: Sampling) -> int:
+    def _sampler(self, s: Sampling) -> llama_cpp.llama_sampler_p:
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         add = llama_cpp.llama_sampler_chain_add
         if s.presence_penalty or s.repeat_penalty != 1.0:
@@ -251,7 +287,7 @@ class LlamaEngine:
             if self.vision is None:
                 raise EngineError("this model has no vision projector (mmproj): load one with --mmproj")
             self._clear()
-            n_past = self.vision.eval_prompt(self, prompt, list(images), 0)  # type: ignore[arg-type]
+            n_past = self.vision.eval_prompt(self, prompt, list(images), 0)
             # positions, not tokens, after images (M-RoPE); remember a placeholder so the next turn
             # never mistakes this context for a text prefix
             self.tokens = [-1] * n_past
@@ -272,11 +308,11 @@ class LlamaEngine:
         images: Sequence[np.ndarray] = (),
         sampling: Sampling = DEFAULT_SAMPLING,
         stop: threading.Event | None = None,
-    ) -> Iterator[str]:
+    ) -> Generator[str, None, None]:
         """See Engine.generate. The work happens on the engine's thread; pieces come through a queue
         (and if the caller stops reading, generation stops at the next token, on that thread)."""
         work = self._generate(prompt, images, sampling, stop)
-        return prefetch(work, 0, start=lambda fn: self._exec.submit(fn).result)
+        return prefetch(work, 0, start=lambda fn: self._thread().submit(fn).result)
 
     def _generate(
         self,
@@ -284,7 +320,7 @@ class LlamaEngine:
         images: Sequence[np.ndarray],
         sampling: Sampling,
         stop: threading.Event | None,
-    ) -> Iterator[str]:
+    ) -> Generator[str, None, None]:
         stats = self.last_stats = GenStats()
         t0 = time.perf_counter()
         stats.prompt_tokens, stats.prefill_tokens = self._prefill(prompt, images)
@@ -330,15 +366,16 @@ class LlamaEngine:
 
     def reset(self) -> None:
         """Forget the context (the next prompt is evaluated from scratch)."""
-        self._exec.submit(self._clear).result()
+        self._thread().submit(self._clear).result()
 
     def _close(self) -> None:
         if self.vision is not None:
             self.vision.close()
             self.vision = None
-        if self.ctx:
-            llama_cpp.llama_free(self.ctx)
-            self.ctx = None
-        if self.model:
-            llama_cpp.llama_model_free(self.model)
-            self.model = None
+        self._vocab = None  # the model's: freed with it
+        if self._ctx:
+            llama_cpp.llama_free(self._ctx)
+            self._ctx = None
+        if self._model:
+            llama_cpp.llama_model_free(self._model)
+            self._model = None

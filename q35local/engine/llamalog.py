@@ -20,15 +20,30 @@ import sys
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 
 from llama_cpp import llama_cpp
 
+from q35local.base.units import MiB
+
 _lines: deque[str] = deque(maxlen=4000)
 _lock = threading.Lock()
 _partial: list[str] = []
-_routed: dict[str, object] = {}  # set once route_stderr ran: path, start offset, reader process
-MAX_LOG_BYTES = 8 << 20  # past this the log is moved to llama.log.1 when a process starts
+MAX_LOG_BYTES = 8 * MiB  # past this the log is moved to llama.log.1 when a process starts
+
+
+@dataclass(frozen=True)
+class _Route:
+    """Where fd 2 goes once route_stderr ran: the log, where this process's lines start in it, and
+    the reader (kept: it outlives this process's last write)."""
+
+    path: Path
+    start: int
+    reader: subprocess.Popen[bytes]
+
+
+_route: _Route | None = None
 
 # The reader in the child: stdlib only, started with -c so it costs a bare interpreter's start.
 # Lines that announce a crash (ggml's aborts, C++'s terminate) go to the terminal as well, even
@@ -48,14 +63,14 @@ with open(sys.argv[1], "ab", buffering=0) as log:
 
 
 @llama_cpp.llama_log_callback
-def _callback(level: int, text: bytes, user_data: object) -> None:
+def _callback(level: int, text: bytes, user_data: int | None) -> None:  # a void *, as ctypes passes it
     s = text.decode("utf-8", errors="replace")
     with _lock:
         _partial.append(s)
         if s.endswith("\n"):
             _lines.extend("".join(_partial).splitlines())
             _partial.clear()
-    if _routed:
+    if _route is not None:
         with contextlib.suppress(OSError):
             os.write(2, text)  # the pipe to the log's reader
 
@@ -81,8 +96,9 @@ def log_path() -> Path:
 def route_stderr(echo: bool = False) -> Path:
     """From now on, what this process writes to fd 2 goes to the log (and to the terminal too if
     `echo`); Python's sys.stderr keeps the terminal. Idempotent; returns the log's path."""
-    if _routed:
-        return _routed["path"]  # type: ignore[return-value]
+    global _route
+    if _route is not None:
+        return _route.path
     path = log_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists() and path.stat().st_size > MAX_LOG_BYTES:
@@ -105,8 +121,9 @@ def route_stderr(echo: bool = False) -> Path:
     os.dup2(w, 2)
     os.close(w)
     stream = os.fdopen(terminal, "w", buffering=1, encoding="utf-8", errors="backslashreplace")
-    sys.stderr = sys.__stderr__ = stream
-    _routed.update(path=path, start=start, reader=reader)  # kept: it outlives this process's last write
+    # typeshed marks sys.__stderr__ Final; Textual draws on it, so it must follow the terminal too
+    sys.stderr = sys.__stderr__ = stream  # type: ignore[misc]
+    _route = _Route(path, start, reader)
     capture()
     return path
 
@@ -114,11 +131,10 @@ def route_stderr(echo: bool = False) -> Path:
 def this_run() -> list[str]:
     """The log's lines written since route_stderr ran in this process (for `q35 chat --verbose`,
     printed after the screen closes)."""
-    if not _routed:
+    if _route is None:
         return []
-    path: Path = _routed["path"]  # type: ignore[assignment]
-    with open(path, "rb") as f:
-        f.seek(int(_routed["start"]))  # type: ignore[call-overload]
+    with open(_route.path, "rb") as f:
+        f.seek(_route.start)
         return f.read().decode("utf-8", errors="replace").splitlines()
 
 
@@ -142,5 +158,5 @@ def buffers(lines: list[str]) -> dict[str, float]:
     for line in lines:
         m = _BUF.search(line)
         if m and m.group(1) != "CPU_REPACK":
-            out[m.group(2)] = out.get(m.group(2), 0.0) + float(m.group(3)) * 2**20
+            out[m.group(2)] = out.get(m.group(2), 0.0) + float(m.group(3)) * MiB
     return out

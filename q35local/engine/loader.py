@@ -48,7 +48,7 @@ def model_params(
     mp.use_extra_bufts = extra_bufts_allowed() if extra_bufts is None else extra_bufts
     keep: list[object] = []
     gpus = [d for d in (plan.devices if plan else []) if d.kind != "cpu"]
-    mp.n_gpu_layers = plan.n_gpu_layers if gpus else 0
+    mp.n_gpu_layers = plan.n_gpu_layers if plan and gpus else 0
     if plan and plan.tensor_split:
         arr = (ctypes.c_float * llama_cpp.LLAMA_MAX_DEVICES)()
         for i, x in enumerate(plan.tensor_split[: llama_cpp.LLAMA_MAX_DEVICES]):

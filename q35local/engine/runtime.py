@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from q35local.base.errors import InputError
+from q35local.base.files import regular_file
 from q35local.base.limits import DEFAULT_CTX, check_ctx
 from q35local.base.settings import setting
 from q35local.engine.llama import LlamaEngine
@@ -44,10 +45,19 @@ def plan_for(profile: ModelProfile, model: Path, mmproj: Path | None, n_ctx: int
     return p
 
 
-def context_for(model: Path, requested: int | None) -> int:
+def read_model(model: Path, mmproj: Path | None) -> ModelProfile:
+    """The model's header and the projector's, checked, before anything loads: read once per start,
+    then handed to context_for and open_engine. The model is named first when both are missing."""
+    regular_file(model, "no such GGUF file")
+    if mmproj is not None and not mmproj.is_file():
+        raise InputError(mmproj, "no such mmproj file")
+    return from_gguf(model, mmproj)
+
+
+def context_for(profile: ModelProfile, model: Path, requested: int | None) -> int:
     """The context to load `model` with: `requested`, which may not pass the model's trained context,
-    or DEFAULT_CTX where the model's is not shorter. Reads only the (checked) header."""
-    trained = from_gguf(model).n_ctx_train
+    or DEFAULT_CTX where the model's is not shorter."""
+    trained = profile.n_ctx_train
     if requested is not None:
         check_ctx(requested, trained, model)
         return requested
@@ -58,18 +68,17 @@ def open_engine(
     model: Path,
     mmproj: Path | None,
     n_ctx: int,
+    profile: ModelProfile,
     *,
     progress: Callable[[float], bool] | None = None,
     threads: int | None = None,
     verbose: bool = False,
 ) -> LlamaEngine:
-    """`verbose` echoes llama.cpp's output to the terminal as well as to its log file (never in
-    `q35 chat`, whose screen it would break: there the log is printed after the screen closes)."""
+    """`profile` is read_model's (the headers are not read again). `verbose` echoes llama.cpp's output
+    to the terminal as well as to its log file (never in `q35 chat`, whose screen it would break:
+    there the log is printed after the screen closes)."""
     from q35local.engine import llamalog
 
-    if mmproj is not None and not mmproj.is_file():
-        raise InputError(mmproj, "no such mmproj file")
-    profile = from_gguf(model, mmproj)  # the headers, checked: no llama.cpp yet
     check_ctx(n_ctx, profile.n_ctx_train, model)
     llamalog.route_stderr(echo=verbose)  # from here on llama.cpp may write to fd 2
     p = plan_for(profile, model, mmproj, n_ctx)

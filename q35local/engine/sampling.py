@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import TypedDict, Unpack
 
 
 @dataclass(frozen=True)
@@ -16,8 +17,21 @@ class Sampling:
     max_tokens: int = 2048
     seed: int | None = None
 
-    def with_(self, **changes: object) -> Sampling:
+    def with_(self, **changes: Unpack[SamplingChanges]) -> Sampling:
         return replace(self, **changes)
+
+
+class SamplingChanges(TypedDict, total=False):
+    """The fields Sampling.with_ may change, each with its type."""
+
+    temperature: float
+    top_p: float
+    top_k: int
+    min_p: float
+    presence_penalty: float
+    repeat_penalty: float
+    max_tokens: int
+    seed: int | None
 
 
 # Qwen's model card: thinking mode T=0.6, top-p 0.95, top-k 20; non-thinking T=0.7, top-p 0.8,

@@ -10,19 +10,33 @@ from __future__ import annotations
 
 import ctypes
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
-from llama_cpp import Llama, llama_cpp, mtmd_cpp
+from llama_cpp import llama_cpp, mtmd_cpp
 
 from q35local.base.errors import InputError
 
 IMAGE_SPAN = "<|vision_start|><|image_pad|><|vision_end|>"
 
 
+class TextModel(Protocol):
+    """The loaded text model mtmd works with: a LlamaEngine, or llama-cpp-python's own Llama."""
+
+    @property
+    def model(self) -> llama_cpp.llama_model_p: ...
+
+    @property
+    def ctx(self) -> llama_cpp.llama_context_p: ...
+
+    @property
+    def n_batch(self) -> int: ...
+
+
 class Vision:
     """An mtmd context bound to one loaded text model."""
 
-    def __init__(self, llm: Llama, mmproj: Path, n_threads: int | None = None) -> None:
+    def __init__(self, llm: TextModel, mmproj: Path, n_threads: int | None = None) -> None:
         if not Path(mmproj).is_file():
             raise InputError(mmproj, "no such mmproj file")
         params = mtmd_cpp.mtmd_context_params_default()
@@ -39,7 +53,7 @@ class Vision:
                 "llama.cpp could not load this vision projector for this model "
                 "(wrong file, or made for another model)",
             )
-        self.ctx = ctx
+        self.ctx: mtmd_cpp.mtmd_context_p | None = ctx
         self.marker = mtmd_cpp.mtmd_default_marker().decode()
         if not mtmd_cpp.mtmd_support_vision(ctx):
             self.close()
@@ -50,7 +64,7 @@ class Vision:
             mtmd_cpp.mtmd_free(self.ctx)
             self.ctx = None
 
-    def eval_prompt(self, llm: Llama, prompt: str, images: list[np.ndarray], n_past: int = 0) -> int:
+    def eval_prompt(self, llm: TextModel, prompt: str, images: list[np.ndarray], n_past: int = 0) -> int:
         """Evaluate a rendered prompt whose image spans match `images` (RGB uint8 [H, W, 3]).
         Returns the new n_past (a position count)."""
         text = prompt.replace(IMAGE_SPAN, self.marker)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import platform
 import subprocess
 from dataclasses import dataclass
-from pathlib import Path
+
+from q35local.llamabuild import BuildRecord, cpu_flags, read_cpuinfo, read_record
 
 # ggml's feature name (as llama_print_system_info prints it) -> CPU flags that provide it (any one),
 # by /proc/cpuinfo's names; a Mac's sysctl features are mapped to the same names.
@@ -81,13 +82,8 @@ def cpu_reported() -> frozenset[str] | None:
         except (OSError, subprocess.TimeoutExpired):
             return None
         return parse_mac_sysctl(out) if platform.machine() == "arm64" else None
-    from q35local.llamabuild import cpu_flags
-
-    try:
-        Path("/proc/cpuinfo").stat()
-    except OSError:
-        return None
-    return cpu_flags()
+    cpuinfo = read_cpuinfo()
+    return None if cpuinfo is None else cpu_flags(cpuinfo)
 
 
 @dataclass(frozen=True)
@@ -117,12 +113,10 @@ def installed_features() -> frozenset[str]:
     return parse_system_info(llama_cpp.llama_print_system_info().decode(errors="replace"))
 
 
-def describe(check: BuildCheck, record: object | None) -> list[str]:
+def describe(check: BuildCheck, record: BuildRecord | None) -> list[str]:
     """Lines for `q35 inspect` and `q35 fit`: how the build was made, what it uses, what it lacks."""
-    from q35local.llamabuild import BuildRecord
-
     lines = []
-    if isinstance(record, BuildRecord):
+    if record is not None:
         test = f"self-test {record.selftest}" + (
             f" ({record.selftest_detail})" if record.selftest_detail else ""
         )
@@ -145,22 +139,18 @@ def describe(check: BuildCheck, record: object | None) -> list[str]:
     return lines
 
 
-def extra_bufts_safe(used: frozenset[str], record: object | None, library_id: str) -> bool:
+def extra_bufts_safe(used: frozenset[str], record: BuildRecord | None, library_id: str) -> bool:
     """Whether llama.cpp may use its extra buffer types (weight repacking, and AMX where compiled in).
     A build with AMX is trusted only if make setup's self-test passed on this very library; without
     that (a llama-cpp-python built by pip with llama.cpp's defaults on an AMX Xeon) the extra buffer
     types are turned off, which keeps the AMX kernels from ever running."""
-    from q35local.llamabuild import BuildRecord
-
     if "AMX_INT8" not in used:
         return True
-    return isinstance(record, BuildRecord) and record.selftest == "passed" and record.library == library_id
+    return record is not None and record.selftest == "passed" and record.library == library_id
 
 
 def report_lines() -> list[str]:
     """The installed llama.cpp build against this CPU, for `q35 inspect` and `q35 fit`'s probe."""
-    from q35local.llamabuild import read_record
-
     try:
         used = installed_features()
     except (OSError, AttributeError, ImportError) as e:

@@ -3,7 +3,9 @@
 llama-cpp-python binds neither the device list nor buffer types; both are plain C exports of libggml
 (`ggml_backend_dev_count/get/name/description/type/memory/buffer_type`). The loader needs a buffer type
 to keep expert tensors in host RAM (`tensor_buft_overrides`), and the probe needs the devices that
-llama.cpp will actually use, with the free memory it sees.
+llama.cpp will actually use, with the free memory it sees. llama_cpp is imported when the library
+is first opened, not with this module: the probe imports it, and a machine description must not
+load llama.cpp's shared libraries (nor fail without them).
 """
 
 from __future__ import annotations
@@ -12,8 +14,6 @@ import ctypes
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-
-import llama_cpp
 
 DEVICE_TYPES = {0: "CPU", 1: "GPU", 2: "IGPU", 3: "ACCEL"}
 
@@ -30,6 +30,8 @@ class GgmlDevice:
 
 @cache
 def _lib() -> ctypes.CDLL:
+    import llama_cpp
+
     libdir = Path(llama_cpp.__file__).parent / "lib"
     lib = ctypes.CDLL(str(next(libdir.glob("libggml.*"))))
     vp, sz = ctypes.c_void_p, ctypes.c_size_t

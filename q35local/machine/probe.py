@@ -19,8 +19,12 @@ from pathlib import Path
 
 import psutil
 
-from q35local.llamabuild import cpu_flags
-from q35local.machine.hardware import (
+from q35local.base.settings import cache_dir
+from q35local.base.units import GB, MiB
+from q35local.llamabuild import cpu_flags, read_cpuinfo
+from q35local.machine.cpufeatures import report_lines
+from q35local.machine.ggml_devices import GgmlDevice, devices
+from q35local.machine.spec import (
     Cpu,
     Device,
     Hardware,
@@ -29,7 +33,6 @@ from q35local.machine.hardware import (
     nvidia_bandwidth,
 )
 
-MiB = 1 << 20
 NVIDIA_QUERY = "index,name,memory.total,memory.free,pci.bus_id"
 _ISA = ("avx", "avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "f16c", "fma", "neon", "sve")
 
@@ -148,17 +151,16 @@ def _run(cmd: list[str], timeout: float = 5.0) -> str | None:
     return r.stdout if r.returncode == 0 else None
 
 
-def llama_devices() -> list:  # -> list[GgmlDevice]
-    """The devices the installed llama.cpp has (ggml's registry), e.g. CUDA0, MTL0, CPU."""
+def llama_devices() -> list[GgmlDevice]:
+    """The devices the installed llama.cpp has (ggml's registry), e.g. CUDA0, MTL0, CPU; none when
+    its libraries do not load."""
     try:
-        from q35local.machine.ggml_devices import devices
-
         return devices()
     except (OSError, AttributeError, ImportError):
         return []
 
 
-def merge_llama_devices(hw: Hardware, devs: list) -> Hardware:
+def merge_llama_devices(hw: Hardware, devs: list[GgmlDevice]) -> Hardware:
     """Prefer what llama.cpp itself sees for each GPU: CUDA's free memory after its context exists,
     Metal's recommendedMaxWorkingSetSize (the cap macOS applies, wired_limit included). GPUs pair up
     in order (CUDA0 is nvidia-smi's index 0 unless CUDA_VISIBLE_DEVICES reorders them)."""
@@ -172,7 +174,7 @@ def merge_llama_devices(hw: Hardware, devs: list) -> Hardware:
             merged[k] = replace(d, total_bytes=g.total, free_bytes=g.free)
         else:
             merged[k] = replace(d, free_bytes=min(g.free, d.free_bytes or g.free))
-    return hw.with_(devices=tuple(merged))
+    return replace(hw, devices=tuple(merged))
 
 
 def disk_read_speed(path: Path, nbytes: int = 128 * MiB) -> float | None:
@@ -194,7 +196,7 @@ def disk_read_speed(path: Path, nbytes: int = 128 * MiB) -> float | None:
                     break
                 done += len(chunk)
             dt = time.perf_counter() - t0
-        return done / dt / 1e9 if done and dt > 0 else None
+        return done / dt / GB if done and dt > 0 else None
     except OSError:
         return None
 
@@ -218,16 +220,15 @@ def probe(model_path: Path | None = None) -> Hardware:
         sysctl = parse_sysctl(_run(["sysctl", "-i", *keys]) or "")
         prof = parse_system_profiler(_run(["system_profiler", "SPDisplaysDataType", "-json"], 15) or "")
         hw = apple_hardware(sysctl, prof)
-        hw = hw.with_(ram_total=hw.ram_total or vm.total, ram_available=vm.available)
+        hw = replace(hw, ram_total=hw.ram_total or vm.total, ram_available=vm.available)
     else:
-        model, flags = "unknown CPU", ()
-        try:
-            # a /proc file: stat says 0 bytes, so bound the read itself; odd bytes are replaced
-            with open("/proc/cpuinfo", "rb") as f:
-                model, flags = parse_cpuinfo(f.read(16 << 20).decode("utf-8", errors="replace"))
-        except OSError:
+        cpuinfo = read_cpuinfo()  # read once per process: cpufeatures' check below reads it too
+        flags: tuple[str, ...] = ()
+        if cpuinfo is None:
             model = platform.processor() or "unknown CPU"
             notes.append("CPU flags unknown (/proc/cpuinfo unreadable)")
+        else:
+            model, flags = parse_cpuinfo(cpuinfo)
         devs: list[Device] = []
         smi = _run(["nvidia-smi", f"--query-gpu={NVIDIA_QUERY}", "--format=csv,noheader,nounits"])
         if smi is not None:
@@ -250,12 +251,12 @@ def probe(model_path: Path | None = None) -> Hardware:
     if model_path is not None:
         try:
             du = shutil.disk_usage(model_path.parent if model_path.is_file() else model_path)
-            hw = hw.with_(disk_free=du.free)
+            hw = replace(hw, disk_free=du.free)
         except OSError:
             notes.append("disk free space unknown")
-    devs = llama_devices()
-    backends = tuple(d.name for d in devs)
-    hw = merge_llama_devices(hw, devs)
+    ggml = llama_devices()
+    backends = tuple(d.name for d in ggml)
+    hw = merge_llama_devices(hw, ggml)
     if not backends:
         notes.append("llama.cpp's backends unknown (its libraries did not load)")
     elif hw.devices and not any(b.upper().startswith(("CUDA", "MTL", "METAL")) for b in backends):
@@ -263,14 +264,10 @@ def probe(model_path: Path | None = None) -> Hardware:
             "the installed llama.cpp has no GPU backend (CPU only): rebuild it with "
             + ("`CMAKE_ARGS=-DGGML_CUDA=on make -B setup`" if hw.kind == "cuda" else "`make -B setup`")
         )
-    from q35local.machine.cpufeatures import report_lines
-
     build = tuple(report_lines()) if backends else ()
     notes += [line for line in build if line.startswith("MISMATCH")]
-    return hw.with_(backends=backends, llama_build=build, notes=hw.notes + tuple(notes))
+    return replace(hw, backends=backends, llama_build=build, notes=hw.notes + tuple(notes))
 
 
 def calibration_path() -> Path:
-    from q35local.base.settings import cache_dir
-
     return cache_dir() / "calibration.json"

@@ -13,11 +13,17 @@ import math
 from dataclasses import replace
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from q35local.base.errors import InputError
-from quantize.synth import SynthSpec, VisionSpec, all_tensors, config_json
+from quantize.qwen35 import ModelSpec, VisionSpec, all_tensors, config_json, write_tokenizer
 
-_TEXT = dict(
+if TYPE_CHECKING:
+    from q35local.model.profile import ModelProfile
+    from quantize.checkpoint import Checkpoint
+
+# what every official model shares: head sizes, the linear attention's shape, context, MTP
+_TEXT = ModelSpec(
     head_dim=256,
     linear_key_head_dim=128,
     linear_value_head_dim=128,
@@ -33,23 +39,27 @@ _V24 = VisionSpec(depth=24, hidden_size=1024, intermediate_size=4096, num_heads=
 _V12 = VisionSpec(depth=12, hidden_size=768, intermediate_size=3072, num_heads=12)
 
 
-def _moe(name: str, h: int, n: int, heads: int, kv: int, vh: int, ne: int, k: int, ff: int, v: VisionSpec):
-    return SynthSpec(
-        moe=True, hidden_size=h, num_hidden_layers=n, num_attention_heads=heads, num_key_value_heads=kv,
-        linear_num_value_heads=vh, num_experts=ne, num_experts_per_tok=k, moe_intermediate_size=ff,
-        shared_expert_intermediate_size=ff, tie_word_embeddings=False, vision=v, name=name, **_TEXT,
+def _moe(
+    name: str, h: int, n: int, heads: int, kv: int, vh: int, ne: int, k: int, ff: int, v: VisionSpec
+) -> ModelSpec:
+    return replace(
+        _TEXT, name=name, moe=True, hidden_size=h, num_hidden_layers=n, num_attention_heads=heads,
+        num_key_value_heads=kv, linear_num_value_heads=vh, num_experts=ne, num_experts_per_tok=k,
+        moe_intermediate_size=ff, shared_expert_intermediate_size=ff, tie_word_embeddings=False, vision=v,
     )  # fmt: skip
 
 
-def _dense(name: str, h: int, n: int, heads: int, kv: int, vh: int, ff: int, tied: bool, v: VisionSpec):
-    return SynthSpec(
-        moe=False, hidden_size=h, num_hidden_layers=n, num_attention_heads=heads, num_key_value_heads=kv,
-        linear_num_value_heads=vh, intermediate_size=ff, tie_word_embeddings=tied, vision=v, name=name,
-        **_TEXT,
+def _dense(
+    name: str, h: int, n: int, heads: int, kv: int, vh: int, ff: int, tied: bool, v: VisionSpec
+) -> ModelSpec:
+    return replace(
+        _TEXT, name=name, moe=False, hidden_size=h, num_hidden_layers=n, num_attention_heads=heads,
+        num_key_value_heads=kv, linear_num_value_heads=vh, intermediate_size=ff, tie_word_embeddings=tied,
+        vision=v,
     )  # fmt: skip
 
 
-OFFICIAL: dict[str, SynthSpec] = {
+OFFICIAL: dict[str, ModelSpec] = {
     s.name: s
     for s in (
         _moe("Qwen3.5-397B-A17B", 4096, 60, 32, 2, 64, 512, 10, 1024, _V27),
@@ -75,7 +85,7 @@ PUBLISHED_PARAMS = {
 }
 
 
-def lookup(name: str) -> SynthSpec | None:
+def lookup(name: str) -> ModelSpec | None:
     """`Qwen3.5-35B-A3B`, `Qwen/Qwen3.5-35B-A3B` or `35b-a3b` (case-insensitive)."""
     key = name.strip().removeprefix("Qwen/").lower()
     for full, spec in OFFICIAL.items():
@@ -84,24 +94,23 @@ def lookup(name: str) -> SynthSpec | None:
     return None
 
 
-def spec_params(spec: SynthSpec) -> int:
-    return sum(math.prod(shape) for _n, shape, _k in all_tensors(spec))
+def spec_params(spec: ModelSpec) -> int:
+    return sum(math.prod(t.shape) for t in all_tensors(spec))
 
 
 @cache
 def _tokenizer_dir() -> Path:
     """A folder with config-independent tokenizer files, made once per user (the real vocabulary)."""
     from q35local.base.settings import cache_dir
-    from quantize.synth import _write_tokenizer
 
     d = cache_dir() / "official-tokenizer"
     if not (d / "tokenizer_config.json").exists():
         d.mkdir(parents=True, exist_ok=True)
-        _write_tokenizer(d)
+        write_tokenizer(d)
     return d
 
 
-def virtual_checkpoint(spec: SynthSpec, folder: Path):  # -> quantize.checkpoint.Checkpoint
+def virtual_checkpoint(spec: ModelSpec, folder: Path) -> Checkpoint:
     """A Checkpoint whose headers come from the config (BF16, like the official files) and whose
     shards do not exist: enough for planning, never read."""
     from quantize.checkpoint import Checkpoint
@@ -124,47 +133,38 @@ def virtual_checkpoint(spec: SynthSpec, folder: Path):  # -> quantize.checkpoint
     return Checkpoint(folder, load_config(folder), entries, ShardSet(entries))
 
 
-HEADER_BYTES = 10_950_000  # a Qwen 3.5 GGUF header: metadata and the 248K-token vocabulary (measured)
-
-
-def official_profiles(name: str, quants: list[str]) -> dict:  # -> dict[str, ModelProfile]
+def official_profiles(name: str, quants: list[str]) -> dict[str, ModelProfile]:
     """What `q35 quantize` would write for this official model, per quantization: the quantizer's own
-    planning (tensor types from the same recipes), the header taken as its measured size."""
+    planning (quantize.planning, as a dry run plans), its files laid out with their real headers."""
     from q35local.base.settings import cache_dir
     from q35local.model.profile import from_tensors
-    from quantize.metadata import hparams
-    from quantize.mmproj import plan_mmproj
-    from quantize.plan import n_blocks, plan_text
-    from quantize.recipes import apply_recipe
-    from quantize.scheme import resolve
-    from quantize.stock import apply_stock
+    from quantize.gguf_file import mmproj_name
+    from quantize.planning import checkpoint_kvs, layout, mmproj_kvs, model_kvs, plan_model
 
     spec = lookup(name)
     if spec is None:
         raise InputError(
             None, f"unknown model {name!r}: use a GGUF, a checkpoint folder, or one of {names()}"
         )
-    ckpt = virtual_checkpoint(replace(spec, shard_bytes=1 << 62), cache_dir() / "official" / spec.name)
-    cfg = ckpt.config
-    kv = {k.key: k.value for k in hparams(cfg, True)}
-    kv["general.architecture"] = cfg.arch
-    kv[f"{cfg.arch}.vocab_size"] = cfg.vocab_size
+    folder = cache_dir() / "official" / spec.name
+    ckpt = virtual_checkpoint(spec, folder)
+    shared = checkpoint_kvs(ckpt, mtp=True)
     out = {}
     for q in quants:
-        scheme = resolve(q, None)
-        plan = plan_text(ckpt, scheme.out, mtp=True)
-        if scheme.recipe:
-            apply_recipe(plan, scheme.recipe, cfg.num_hidden_layers)
-        if scheme.stock:
-            apply_stock(plan, scheme.stock, cfg, n_blocks(cfg, True))
-        tensors = [(t.name, t.nbytes, t.numel) for t in plan]
-        size = HEADER_BYTES + sum(-(-n // 32) * 32 for _n, n, _e in tensors)
-        mm = sum(t.nbytes for t in plan_mmproj(ckpt, scheme.mmproj_out)) if spec.vision else 0
-        out[q] = from_tensors(spec.name, f"official: {spec.name}", q, kv, tensors, size, mm)
+        plan = plan_model(ckpt, q, mtp=True, mmproj=spec.vision is not None)
+        gguf = folder / f"{spec.name}-{q}.gguf"  # names the layout; nothing is written
+        (model,) = layout(gguf, model_kvs(ckpt, plan, spec.name, shared), plan.tensors)
+        mm = 0
+        if plan.mm_tensors:
+            (proj,) = layout(mmproj_name(gguf), mmproj_kvs(ckpt, plan, spec.name), plan.mm_tensors)
+            mm = proj.file_size()
+        kv = {k.key: k.value for k in model.kvs}
+        tensors = [(t.name, t.nbytes, t.numel) for t in plan.tensors]
+        out[q] = from_tensors(spec.name, f"official: {spec.name}", q, kv, tensors, model.file_size(), mm)
     return out
 
 
-def official_profile(name: str, quant: str):  # -> ModelProfile
+def official_profile(name: str, quant: str) -> ModelProfile:
     return official_profiles(name, [quant])[quant]
 
 

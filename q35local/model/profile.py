@@ -16,20 +16,41 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from gguf import GGMLQuantizationType
+from gguf import MODEL_TENSOR as MT
+from gguf import TENSOR_NAMES, GGMLQuantizationType, Keys, LlamaFileType
 
 from q35local.base.errors import InputError
 from q35local.base.files import regular_file
 from q35local.base.validate import number
+from quantize.config import GGUF_ARCHS
 from quantize.ggml import tensor_bytes
 from quantize.gguf_file import mmproj_name, split_name, split_of
 from quantize.gguf_read import read_gguf
+from quantize.names import BLOCK, RECURRENT_LAYERS, stem, tensor_name
+
+if TYPE_CHECKING:  # imported when used: the converter's planning is loaded only for checkpoints
+    from quantize.convert import ConvertResult
 
 MiB = 1 << 20
 MAX_LAYERS = 4096  # Qwen3.5-397B has 60; a header claiming more is not planned (or looped over)
-EXPERTS = re.compile(r"\.ffn_(up|down|gate|gate_up)_(ch|)exps\.")
-_BLK = re.compile(r"^blk\.(\d+)\.")
+# routed experts, stacked (_exps) or chunked (_chexps): what --n-cpu-moe keeps in RAM
+EXPERTS = re.compile(
+    "|".join(
+        re.escape(f".{stem(t)}.")
+        for t in (
+            MT.FFN_UP_EXP,
+            MT.FFN_DOWN_EXP,
+            MT.FFN_GATE_EXP,
+            MT.FFN_GATE_UP_EXP,
+            MT.FFN_UP_CHEXP,
+            MT.FFN_DOWN_CHEXP,
+            MT.FFN_GATE_CHEXP,
+        )
+    )
+)
+_OUTPUT, _TOKEN_EMBD = tensor_name(MT.OUTPUT), tensor_name(MT.TOKEN_EMBD)
 # bytes per element of the KV cache types llama.cpp offers (-ctk/-ctv)
 KV_TYPE_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q5_1": 24 / 32, "q5_0": 22 / 32,
                  "q4_1": 20 / 32, "q4_0": 18 / 32}  # fmt: skip
@@ -138,9 +159,7 @@ def split_paths(path: Path) -> list[Path]:
 
 
 def _quant_label(kv: dict, type_bytes: dict[str, int]) -> str:
-    from gguf import LlamaFileType
-
-    ft = kv.get("general.file_type")
+    ft = kv.get(Keys.General.FILE_TYPE)
     try:
         name = LlamaFileType(ft).name.removeprefix("MOSTLY_") if type(ft) is int else None
     except ValueError:  # a file type this gguf-py does not know: the tensors' types say it
@@ -159,28 +178,31 @@ def from_tensors(
     mmproj_bytes: int = 0,
 ) -> ModelProfile:
     """The profile from metadata keys (GGUF names) and every tensor's size."""
-    arch = str(kv.get("general.architecture", ""))
-    if arch not in ("qwen35", "qwen35moe"):
-        raise InputError(source, f"architecture {arch or 'unknown'!r} is not Qwen 3.5 (qwen35, qwen35moe)")
+    arch = str(kv.get(Keys.General.ARCHITECTURE, ""))
+    if arch not in GGUF_ARCHS:
+        raise InputError(
+            source, f"architecture {arch or 'unknown'!r} is not Qwen 3.5 ({', '.join(GGUF_ARCHS)})"
+        )
 
     def k(key: str, default: int | None = None, lo: int = 1, hi: int = 1 << 20) -> int:
-        """A whole-number hyperparameter, checked: its type and a range no real model leaves (a
-        header claiming 2^40 layers must not be planned, or looped over)."""
-        v = kv.get(f"{arch}.{key}", default)
+        """A whole-number hyperparameter (`key` a gguf-py Keys template), checked: its type and a
+        range no real model leaves (a header claiming 2^40 layers must not be planned, or looped over)."""
+        name = key.format(arch=arch)
+        v = kv.get(name, default)
         if v is None:
-            raise InputError(source, f"metadata has no {arch}.{key}")
-        if isinstance(v, list) and v and key == "attention.head_count_kv":
+            raise InputError(source, f"metadata has no {name}")
+        if isinstance(v, list) and v and key == Keys.Attention.HEAD_COUNT_KV:
             v = max(v, key=lambda x: x if isinstance(x, int | float) else 0)  # per layer: the largest
-        return int(number(v, f"{arch}.{key}", lo=lo, hi=hi, integer=True, where=source))
+        return int(number(v, name, lo=lo, hi=hi, integer=True, where=source))
 
-    n_blocks = k("block_count", hi=MAX_LAYERS)
-    n_nextn = k("nextn_predict_layers", 0, lo=0, hi=n_blocks - 1)
+    n_blocks = k(Keys.LLM.BLOCK_COUNT, hi=MAX_LAYERS)
+    n_nextn = k(Keys.LLM.NEXTN_PREDICT_LAYERS, 0, lo=0, hi=n_blocks - 1)
     n_layer = n_blocks - n_nextn
-    rec = kv.get(f"{arch}.attention.recurrent_layers")
+    rec = kv.get(RECURRENT_LAYERS.format(arch=arch))
     if isinstance(rec, list | tuple) and len(rec) >= n_layer:
         recurrent = tuple(bool(x) for x in rec[:n_layer])
     else:
-        interval = k("full_attention_interval", 4, hi=MAX_LAYERS)
+        interval = k(Keys.LLM.FULL_ATTENTION_INTERVAL, 4, hi=MAX_LAYERS)
         recurrent = tuple((i + 1) % interval != 0 for i in range(n_layer))
     dense = [0] * n_layer
     experts = [0] * n_layer
@@ -190,11 +212,11 @@ def from_tensors(
     for tname, nbytes, numel in tensors:
         names.add(tname)
         params += numel
-        m = _BLK.match(tname)
+        m = BLOCK.match(tname)
         if m:
             il = int(m.group(1))
             if il >= n_blocks:
-                past = f"layer {il} is past {arch}.block_count ({n_blocks})"
+                past = f"layer {il} is past {Keys.LLM.BLOCK_COUNT.format(arch=arch)} ({n_blocks})"
                 raise InputError(source, f"tensor {tname!r}: {past}")
             if il >= n_layer:
                 nextn += nbytes
@@ -204,21 +226,22 @@ def from_tensors(
             else:
                 dense[il] += nbytes
                 active += numel
-        elif tname.startswith("token_embd"):
+        elif tname.startswith(TENSOR_NAMES[MT.TOKEN_EMBD]):
             embd += nbytes
         else:  # output.weight, output_norm.weight
             out += nbytes
             active += numel
     empty = next((il for il in range(n_layer) if not dense[il] + experts[il]), None)
     if empty is not None:  # a header that claims layers its file does not hold: llama.cpp refuses it
-        raise InputError(source, f"{arch}.block_count is {n_blocks}, but layer {empty} has no tensors")
-    n_expert = k("expert_count", 0, lo=0, hi=1 << 16)
-    n_used = k("expert_used_count", 0, lo=1 if n_expert else 0, hi=n_expert)
-    if "output.weight" not in names:  # tied: the LM head is the embedding
-        active += next((n for t, _b, n in tensors if t == "token_embd.weight"), 0)
+        what = f"{Keys.LLM.BLOCK_COUNT.format(arch=arch)} is {n_blocks}"
+        raise InputError(source, f"{what}, but layer {empty} has no tensors")
+    n_expert = k(Keys.LLM.EXPERT_COUNT, 0, lo=0, hi=1 << 16)
+    n_used = k(Keys.LLM.EXPERT_USED_COUNT, 0, lo=1 if n_expert else 0, hi=n_expert)
+    if _OUTPUT not in names:  # tied: the LM head is the embedding
+        active += next((n for t, _b, n in tensors if t == _TOKEN_EMBD), 0)
     active += expert_active * n_used // n_expert if n_expert else expert_active
-    vocab = kv.get("tokenizer.ggml.tokens")
-    n_vocab = k("vocab_size", 0, lo=0, hi=1 << 24)
+    vocab = kv.get(Keys.Tokenizer.LIST)
+    n_vocab = k(Keys.LLM.VOCAB_SIZE, 0, lo=0, hi=1 << 24)
     if not n_vocab:
         n_vocab = len(vocab) if isinstance(vocab, list | tuple) else int(getattr(vocab, "count", 0))
     return ModelProfile(
@@ -226,17 +249,17 @@ def from_tensors(
         source=source,
         quant=quant,
         arch=arch,
-        n_embd=k("embedding_length"),
+        n_embd=k(Keys.LLM.EMBEDDING_LENGTH),
         n_vocab=n_vocab,
-        n_ctx_train=k("context_length", hi=1 << 24),
+        n_ctx_train=k(Keys.LLM.CONTEXT_LENGTH, hi=1 << 24),
         recurrent=recurrent,
-        n_head_kv=k("attention.head_count_kv", hi=1 << 12),
-        key_length=k("attention.key_length", hi=1 << 16),
-        value_length=k("attention.value_length", hi=1 << 16),
-        ssm_conv=k("ssm.conv_kernel", hi=1 << 10),
-        ssm_state=k("ssm.state_size", hi=1 << 16),
-        ssm_group=k("ssm.group_count", hi=1 << 12),
-        ssm_inner=k("ssm.inner_size"),
+        n_head_kv=k(Keys.Attention.HEAD_COUNT_KV, hi=1 << 12),
+        key_length=k(Keys.Attention.KEY_LENGTH, hi=1 << 16),
+        value_length=k(Keys.Attention.VALUE_LENGTH, hi=1 << 16),
+        ssm_conv=k(Keys.SSM.CONV_KERNEL, hi=1 << 10),
+        ssm_state=k(Keys.SSM.STATE_SIZE, hi=1 << 16),
+        ssm_group=k(Keys.SSM.GROUP_COUNT, hi=1 << 12),
+        ssm_inner=k(Keys.SSM.INNER_SIZE),
         n_expert=n_expert,
         n_expert_used=n_used,
         layers=tuple(LayerBytes(d, e) for d, e in zip(dense, experts, strict=True)),
@@ -246,7 +269,7 @@ def from_tensors(
         file_bytes=file_bytes,
         params=params,
         mmproj_bytes=mmproj_bytes,
-        tied="output.weight" not in names,
+        tied=_OUTPUT not in names,
         active_param_count=active,
     )
 
@@ -275,27 +298,26 @@ def from_gguf(path: Path, mmproj: Path | None = None) -> ModelProfile:
         _check_split(p, lay.kv, i, len(paths))
         if not kv:
             kv = dict(lay.kv)
-        for name, shape, ttype, _off in lay.tensors:
+        for name, shape, code, _off in lay.tensors:
+            ttype = GGMLQuantizationType(code)
             nbytes = tensor_bytes(ttype, shape)
             tensors.append((name, nbytes, math.prod(shape)))
-            tname = GGMLQuantizationType(ttype).name
-            type_bytes[tname] = type_bytes.get(tname, 0) + nbytes
+            type_bytes[ttype.name] = type_bytes.get(ttype.name, 0) + nbytes
         file_bytes += p.stat().st_size
     if len(paths) > 1:
-        want = int(
-            number(kv.get("split.tensors.count"), "split.tensors.count", lo=1, integer=True, where=path)
-        )
+        key = Keys.Split.LLM_KV_SPLIT_TENSORS_COUNT
+        want = int(number(kv.get(key), key, lo=1, integer=True, where=path))
         if want != len(tensors):
             raise InputError(
                 path,
-                f"split.tensors.count is {want:,}, the {len(paths)} shards hold {len(tensors):,}: "
+                f"{key} is {want:,}, the {len(paths)} shards hold {len(tensors):,}: "
                 "a shard is missing tensors or from another model",
             )
     mm = 0
     if mmproj is not None:
         read_gguf(mmproj)  # a vision projector that is no GGUF is named now, not when it loads
         mm = mmproj.stat().st_size
-    title = kv.get("general.name")
+    title = kv.get(Keys.General.NAME)
     name = title if isinstance(title, str) and title.strip() and title.isprintable() else path.stem
     return from_tensors(name[:200], str(path), _quant_label(kv, type_bytes), kv, tensors, file_bytes, mm)
 
@@ -303,22 +325,29 @@ def from_gguf(path: Path, mmproj: Path | None = None) -> ModelProfile:
 # The value types llama.cpp insists on for the keys planned from (its loader refuses any other,
 # "key ... has wrong type i32 but expected type u32"): checked so that fit never passes such a file.
 _U32 = (
-    "block_count", "context_length", "embedding_length", "attention.key_length", "attention.value_length",
-    "expert_count", "expert_used_count", "ssm.conv_kernel", "ssm.state_size", "ssm.group_count",
-    "ssm.inner_size", "full_attention_interval", "nextn_predict_layers", "vocab_size",
+    Keys.LLM.BLOCK_COUNT, Keys.LLM.CONTEXT_LENGTH, Keys.LLM.EMBEDDING_LENGTH, Keys.Attention.KEY_LENGTH,
+    Keys.Attention.VALUE_LENGTH, Keys.LLM.EXPERT_COUNT, Keys.LLM.EXPERT_USED_COUNT, Keys.SSM.CONV_KERNEL,
+    Keys.SSM.STATE_SIZE, Keys.SSM.GROUP_COUNT, Keys.SSM.INNER_SIZE, Keys.LLM.FULL_ATTENTION_INTERVAL,
+    Keys.LLM.NEXTN_PREDICT_LAYERS, Keys.LLM.VOCAB_SIZE,
 )  # fmt: skip
-_SPLIT_TYPES = {"split.no": "UINT16", "split.count": "UINT16", "split.tensors.count": "INT32"}
+_SPLIT_TYPES = {
+    Keys.Split.LLM_KV_SPLIT_NO: "UINT16",
+    Keys.Split.LLM_KV_SPLIT_COUNT: "UINT16",
+    Keys.Split.LLM_KV_SPLIT_TENSORS_COUNT: "INT32",
+}
 
 
 def _check_types(path: Path, kv: dict, types: dict) -> None:
-    arch = kv.get("general.architecture")
+    arch = kv.get(Keys.General.ARCHITECTURE)
     want = dict(_SPLIT_TYPES)
+    per_layer = None  # head_count_kv, which may also be one per layer, an array
     if isinstance(arch, str):
-        want |= {f"{arch}.{k}": "UINT32" for k in _U32}
-        want[f"{arch}.attention.head_count_kv"] = "UINT32"  # or one per layer, an array
+        want |= {k.format(arch=arch): "UINT32" for k in _U32}
+        per_layer = Keys.Attention.HEAD_COUNT_KV.format(arch=arch)
+        want[per_layer] = "UINT32"
     for key, t in want.items():
         have = types.get(key)
-        if have is None or have.name == t or (key.endswith("head_count_kv") and have.name == "ARRAY"):
+        if have is None or have.name == t or (key == per_layer and have.name == "ARRAY"):
             continue
         raise InputError(
             path, f"{key}: stored as {have.name.lower()}, llama.cpp reads it only as {t.lower()}"
@@ -328,13 +357,14 @@ def _check_types(path: Path, kv: dict, types: dict) -> None:
 def _check_split(path: Path, kv: dict, i: int, n: int) -> None:
     """Shard i of n (by its name) must say so in its header: a renamed shard, or a shard of another
     split, would be planned as a model it is only part of."""
-    count = kv.get("split.count")
+    count_key, no_key = Keys.Split.LLM_KV_SPLIT_COUNT, Keys.Split.LLM_KV_SPLIT_NO
+    count = kv.get(count_key)
     if count is None:
         if n > 1:
-            raise InputError(path, f"named as shard {i + 1} of {n}, but its header has no split.count")
+            raise InputError(path, f"named as shard {i + 1} of {n}, but its header has no {count_key}")
         return
-    count = int(number(count, "split.count", lo=1, hi=99999, integer=True, where=path))
-    no = int(number(kv.get("split.no", 0), "split.no", lo=0, hi=count - 1, integer=True, where=path))
+    count = int(number(count, count_key, lo=1, hi=99999, integer=True, where=path))
+    no = int(number(kv.get(no_key, 0), no_key, lo=0, hi=count - 1, integer=True, where=path))
     if n == 1 and count > 1:
         raise InputError(
             path,
@@ -355,8 +385,8 @@ def from_checkpoint(ckpt: Path, quant: str) -> ModelProfile:
     return _from_result(r, str(ckpt), quant)
 
 
-def _from_result(r: object, source: str, quant: str) -> ModelProfile:
-    kv = {x.key: x.value for x in r.model.shards[0].kvs}  # type: ignore[attr-defined]
-    tensors = [(t.name, t.nbytes, t.numel) for t in r.model.tensors]  # type: ignore[attr-defined]
-    mm = r.mmproj.nbytes if r.mmproj else 0  # type: ignore[attr-defined]
-    return from_tensors(str(kv.get("general.name")), source, quant, kv, tensors, r.model.nbytes, mm)  # type: ignore[attr-defined]
+def _from_result(r: ConvertResult, source: str, quant: str) -> ModelProfile:
+    kv = {x.key: x.value for x in r.model.shards[0].kvs}
+    tensors = [(t.name, t.nbytes, t.numel) for t in r.model.tensors]
+    mm = r.mmproj.nbytes if r.mmproj else 0
+    return from_tensors(str(kv.get(Keys.General.NAME)), source, quant, kv, tensors, r.model.nbytes, mm)

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from q35local.machine.hardware import Device, GiB, Hardware
+from q35local.base.units import GiB, MiB, format_memory
+from q35local.machine.spec import Device, Hardware
 from q35local.model.profile import ModelProfile
 
-MiB = 1 << 20
 CUDA_OVERHEAD = 400 * MiB  # the CUDA context and cuBLAS workspace: allocated before any weight
 
 
@@ -169,7 +169,8 @@ def _plan_cpu(m: ModelProfile, hw: Hardware, s: Settings) -> Plan:
     if need > host.usable_bytes:
         p.fits, p.verdict = False, "does not fit"
         p.reasons.append(
-            f"needs {need / GiB:.1f} GiB of RAM with the margin, {host.usable_bytes / GiB:.1f} GiB available"
+            f"needs {format_memory(need)} of RAM with the margin, "
+            f"{format_memory(host.usable_bytes)} available"
             + (": mmap would page weights from disk on every token" if s.mmap else "")
         )
     return p
@@ -259,7 +260,9 @@ def _plan_gpu(m: ModelProfile, hw: Hardware, s: Settings, n_cpu: int) -> Plan:
         limit = device_limit(hw, gpu)
         if dev.planned_bytes + s.margin > limit:
             fits = False
-            reasons.append(f"{dev.name}: needs {dev.planned_bytes / GiB:.1f} GiB, has {limit / GiB:.1f} GiB")
+            reasons.append(
+                f"{dev.name}: needs {format_memory(dev.planned_bytes)}, has {format_memory(limit)}"
+            )
     n_gpu_layers = len(gpu_layers) + 1  # + the output layer
     counts = [float(len(d.layers)) for d in devs]
     counts[-1] += 1  # the output layer is the last "layer" of the split
@@ -269,7 +272,7 @@ def _plan_gpu(m: ModelProfile, hw: Hardware, s: Settings, n_cpu: int) -> Plan:
     if need > hw.usable_ram():
         p.fits = False
         what = "RAM (shared with the GPU)" if hw.unified else "RAM"
-        reasons.append(f"{what}: needs {need / GiB:.1f} GiB, {hw.usable_ram() / GiB:.1f} GiB available")
+        reasons.append(f"{what}: needs {format_memory(need)}, {format_memory(hw.usable_ram())} available")
     if not p.fits and not reasons:
         reasons.append("the layers that must sit on the GPU do not fit in its memory")
     if not p.fits:

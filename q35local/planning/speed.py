@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from q35local.machine.hardware import Hardware
+from q35local.base.units import GB, format_size
+from q35local.machine.spec import Hardware
 from q35local.model.profile import ModelProfile
 from q35local.planning.planner import Plan, ram_need
 
@@ -75,7 +76,7 @@ def estimate(m: ModelProfile, hw: Hardware, p: Plan, factors: dict[str, float] |
                 read += m.lm_head
             if read:
                 gbs = _cpu_gbs(hw, notes)
-                t += read / (gbs * 1e9)
+                t += read / (gbs * GB)
             continue
         if d is p.devices[-2]:
             read += m.lm_head
@@ -84,8 +85,8 @@ def estimate(m: ModelProfile, hw: Hardware, p: Plan, factors: dict[str, float] |
         if dev.bandwidth_gbs is None:
             notes.append(f"{d.name}: bandwidth unknown, assumed {UNKNOWN_GPU_GBS:.0f} GB/s")
         eta = ETA.get(d.kind, 0.7)
-        notes.append(f"{d.name}: {read / 1e9:.2f} GB/token at {bw:.0f} GB/s × η {eta}")
-        t += read / (bw * 1e9 * eta)
+        notes.append(f"{d.name}: {format_size(read)}/token at {bw:.0f} GB/s × η {eta}")
+        t += read / (bw * GB * eta)
     if hw.devices:
         gpu_layers = m.n_layer - len(p.cpu_layers)
         fixed_ms = GPU_LAYER_MS.get(hw.kind, 0.12) * gpu_layers + SPLIT_MS * len(p.cpu_expert_layers)
@@ -98,9 +99,9 @@ def estimate(m: ModelProfile, hw: Hardware, p: Plan, factors: dict[str, float] |
         missing = max(0, ram_need(p, hw) - hw.usable_ram())
         paged = m.active_bytes() * min(1.0, missing / max(1, m.weights))
         disk = hw.disk_read_gbs or DISK_GBS
-        t += paged / (disk * 1e9)
+        t += paged / (disk * GB)
         notes.append(
-            f"mmap pages ~{paged / 1e9:.2f} GB/token from disk at {disk:.1f} GB/s"
+            f"mmap pages ~{format_size(paged)}/token from disk at {disk:.1f} GB/s"
             + ("" if hw.disk_read_gbs else " (assumed NVMe)")
         )
     t += fixed_ms / 1e3
@@ -114,9 +115,9 @@ def estimate(m: ModelProfile, hw: Hardware, p: Plan, factors: dict[str, float] |
         cpu_exp = sum(m.layers[il].experts for il in p.cpu_expert_layers)
         cpu_exp += sum(m.layers[il].dense + m.layers[il].experts for il in p.cpu_layers)
         if cpu_exp and not hw.unified:
-            tp += cpu_exp / (hw.pcie_gbs * 1e9) / p.settings.n_ubatch
+            tp += cpu_exp / (hw.pcie_gbs * GB) / p.settings.n_ubatch
             notes.append(
-                f"prefill copies {cpu_exp / 1e9:.1f} GB of RAM-resident weights over PCIe "
+                f"prefill copies {format_size(cpu_exp)} of RAM-resident weights over PCIe "
                 f"({hw.pcie_gbs:.0f} GB/s) per {p.settings.n_ubatch}-token micro-batch"
             )
     else:

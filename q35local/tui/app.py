@@ -25,14 +25,14 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import ClassVar
 
 from textual.app import App, ComposeResult, SystemCommand
-from textual.binding import Binding, BindingType
+from textual.binding import BindingType
 from textual.containers import VerticalScroll
 from textual.message import Message
 from textual.screen import Screen
@@ -48,6 +48,7 @@ from q35local.chat.store import Store
 from q35local.chat.template import ChatTemplate
 from q35local.engine.llama import Engine, GenStats
 from q35local.engine.sampling import Sampling
+from q35local.tui.keys import APP_KEYS, NEWLINE, SEND, STOP, bindings, help_lines
 from q35local.tui.screens import ConversationsScreen, ImagePicker, export_conversation
 from q35local.tui.screens.conversations import Choice, default_export_name
 from q35local.tui.streaming import DeltaBuffer, Pacer, describe_error
@@ -64,12 +65,10 @@ from q35local.tui.widgets.thumbnail import describe
 
 STOP_WAIT_S = 0.5  # Esc ends the turn in the UI after this if the reply's thread has not returned
 
-HELP = """\
+HELP = f"""\
 Commands: /image PATH (attach; no PATH opens a picker; /image clear drops attachments) · /think · /nothink ·
 /new · /export [PATH] · /help. Start a message with // to send text that begins with a slash.
-Keys: Enter send · ctrl+j newline · Esc stop the reply · ctrl+t thinking on/off · ctrl+r regenerate ·
-F2 or ↑ (empty box) edit the last message · F3 copy the last reply · F4 copy its last code block ·
-ctrl+f attach an image · ctrl+o conversations · ctrl+n new chat · ctrl+p all commands · ctrl+q quit.
+{help_lines(APP_KEYS, width=108, prefix="Keys: ")}.
 Click a message to copy it, or a code block to copy just the code.
 Paste or drop an image file to attach it."""
 
@@ -117,17 +116,7 @@ class ChatApp(App[int]):
 
     CSS_PATH = "chat.tcss"
     TITLE = "q35 chat"
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape", "stop", "Stop", id="stop"),
-        Binding("ctrl+t", "toggle_think", "Thinking", id="toggle_think"),
-        Binding("ctrl+r", "regenerate", "Regenerate", id="regenerate"),
-        Binding("f2", "edit_last", "Edit", id="edit_last"),
-        Binding("f3", "copy_reply", "Copy", id="copy_reply"),
-        Binding("f4", "copy_code", "Copy code", show=False, id="copy_code"),
-        Binding("ctrl+f", "pick_image", "Image", id="pick_image"),
-        Binding("ctrl+o", "conversations", "Chats", id="conversations"),
-        Binding("ctrl+n", "new_chat", "New", id="new_chat"),
-    ]
+    BINDINGS: ClassVar[list[BindingType]] = bindings(APP_KEYS, ids=True)
 
     def __init__(
         self,
@@ -187,7 +176,7 @@ class ChatApp(App[int]):
         yield VerticalScroll(id="transcript")
         yield Static(id="attachments")
         prompt = PromptInput(id="prompt")
-        prompt.placeholder = "Message · Enter sends · ctrl+j newline · /help"
+        prompt.placeholder = f"Message · {SEND.name} sends · {NEWLINE.name} newline · /help"
         yield prompt
         yield StatusBar(id="status")
         yield Footer()
@@ -228,7 +217,7 @@ class ChatApp(App[int]):
     def refresh_status(self, state: str = "") -> None:
         if not state and self.generating:
             stopping = self.turn is not None and self.turn.stop
-            state = "stopping…" if stopping else "generating · Esc stops"
+            state = "stopping…" if stopping else f"generating · {STOP.name} stops"
         elif not state and self.engine_busy():
             state = "stopped · the last reply is still letting go"
         self.query_one(StatusBar).update(
@@ -268,7 +257,7 @@ class ChatApp(App[int]):
         if text.startswith("//"):
             text = text[1:]
         if self.generating:
-            self.notify("A reply is still coming: Esc stops it.", severity="warning")
+            self.notify(f"A reply is still coming: {STOP.name} stops it.", severity="warning")
             return
         if not text and not self.pending_images:
             return
@@ -573,7 +562,7 @@ class ChatApp(App[int]):
 
     def _busy(self) -> bool:
         if self.generating:
-            self.notify("A reply is still coming: Esc stops it first.", severity="warning")
+            self.notify(f"A reply is still coming: {STOP.name} stops it first.", severity="warning")
         return self.generating
 
     async def action_regenerate(self) -> None:
@@ -597,7 +586,7 @@ class ChatApp(App[int]):
         self.prompt.text = users.last().text
         self.prompt.move_cursor(self.prompt.document.end)
         self.prompt.add_class("editing")
-        self.prompt.border_title = "editing your last message · Enter resends · Esc cancels"
+        self.prompt.border_title = f"editing your last message · {SEND.name} resends · {STOP.name} cancels"
         self.prompt.focus()
         self.refresh_bindings()
 
@@ -687,19 +676,15 @@ class ChatApp(App[int]):
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
-        commands: list[tuple[str, str, Callable[[], object]]] = [
-            ("Toggle thinking", "Turn the model's reasoning on or off (ctrl+t)", self.action_toggle_think),
-            ("Stop generating", "Stop the reply; the text so far stays (Esc)", self.action_stop),
-            ("Regenerate last reply", "Answer the last message again (ctrl+r)", self.action_regenerate),
-            ("Edit last message", "Change your last message and resend it (F2)", self.action_edit_last),
-            ("Copy last reply", "Copy the last answer to the clipboard (F3)", self.action_copy_reply),
-            ("Copy last code block", "Copy the last code block of the replies (F4)", self.action_copy_code),
-            ("Attach image", "Pick an image file for the next message (ctrl+f)", self.action_pick_image),
-            ("Conversations", "Open, rename, delete, export chats (ctrl+o)", self.action_conversations),
-            ("New chat", "Start a new conversation (ctrl+n)", self.action_new_chat),
-        ]
-        for title, help_text, callback in commands:
-            yield SystemCommand(title, help_text, callback)
+        for key in APP_KEYS:
+            if key.command:
+                yield SystemCommand(key.command, key.palette_help(), partial(self._run_command, key.action))
+
+    async def _run_command(self, action: str) -> None:
+        """A palette command runs its key's action; where the key is greyed out (a reply is streaming),
+        the command says why instead of doing nothing."""
+        if not await self.run_action(action):
+            self._busy()
 
     async def on_unmount(self) -> None:
         # Quitting mid-reply: ask the reply's thread to stop (the app does not wait for it; see

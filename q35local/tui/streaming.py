@@ -19,8 +19,10 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import Literal
 
-Part = tuple[str, str]  # ("thinking" | "answer", text)
+PartKind = Literal["thinking", "answer"]
+Part = tuple[PartKind, str]
 
 
 class DeltaBuffer:
@@ -30,7 +32,7 @@ class DeltaBuffer:
         self._lock = threading.Lock()
         self._parts: list[Part] = []
 
-    def add(self, kind: str, text: str) -> None:
+    def add(self, kind: PartKind, text: str) -> None:
         if not text:
             return
         with self._lock:

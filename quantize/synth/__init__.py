@@ -1,9 +1,9 @@
 """Generated Qwen 3.5 checkpoints: deterministic numpy weights in the official Hugging Face layout.
 
-What is written is what the official repos hold: config.json, sharded safetensors with
-model.safetensors.index.json, per-expert tensors, shared expert and its gate, router, mtp.*, the
-vision tower model.visual.*, preprocessor_config.json, tokenizer.json / tokenizer_config.json built
-from the real Qwen 3.5 vocabulary, and a chat template.
+The architecture (quantize.qwen35) says what the official repos hold: config.json, every tensor's
+name and shape, the tokenizer files and the chat template. This writes them as a checkpoint folder:
+sharded safetensors with model.safetensors.index.json, generation_config.json and
+preprocessor_config.json, weights in BF16, F16, F32 or Qwen's block-scaled FP8.
 
 Weights are scaled like a trained network's (N(0, 1/fan_in), residual-branch output projections
 damped by 1/sqrt(2 * layers)) so that quantization error is measurable rather than swamped by chaos.
@@ -17,63 +17,24 @@ import math
 import os
 import shutil
 import zlib
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from q35local.base.errors import InputError
 
 from ..dtypes import f32_to_bf16_bits, f32_to_e4m3fn
+from ..qwen35 import ModelSpec, StoredTensor, all_tensors, config_json, write_tokenizer
 from ..safetensors_write import write_safetensors
-from . import tokenizer as tok
-
-TEMPLATE = Path(__file__).with_name("chat_template.jinja")
 
 
 @dataclass(frozen=True)
-class VisionSpec:
-    depth: int = 1
-    hidden_size: int = 32
-    intermediate_size: int = 64
-    num_heads: int = 2
-    patch_size: int = 16
-    temporal_patch_size: int = 2
-    spatial_merge_size: int = 2
-    num_position_embeddings: int = 2304
-    in_channels: int = 3
+class SynthSpec(ModelSpec):
+    """A model to generate: its architecture and storage, and the seed its weights come from."""
 
-
-@dataclass(frozen=True)
-class SynthSpec:
-    moe: bool = True
-    hidden_size: int = 64
-    num_hidden_layers: int = 4
-    full_attention_interval: int = 4
-    num_attention_heads: int = 4
-    num_key_value_heads: int = 2
-    head_dim: int = 32
-    linear_num_key_heads: int = 2
-    linear_num_value_heads: int = 4
-    linear_key_head_dim: int = 16
-    linear_value_head_dim: int = 16
-    linear_conv_kernel_dim: int = 4
-    intermediate_size: int = 128  # dense
-    num_experts: int = 8
-    num_experts_per_tok: int = 2
-    moe_intermediate_size: int = 32
-    shared_expert_intermediate_size: int = 32
-    mtp_num_hidden_layers: int = 1
-    tie_word_embeddings: bool = False  # the small Qwen 3.5 models share embeddings and output
-    partial_rotary_factor: float = 0.25
-    rope_theta: float = 10_000_000.0
-    max_position_embeddings: int = 8192
-    dtype: str = "BF16"  # BF16 | F16 | F32 | FP8
-    vision: VisionSpec | None = field(default_factory=VisionSpec)
     seed: int = 0
-    shard_bytes: int = 48 * 1024 * 1024
-    name: str = "q35-tiny"
 
 
 PRESETS: dict[str, SynthSpec] = {
@@ -118,228 +79,6 @@ PRESETS: dict[str, SynthSpec] = {
 
 def _rng(seed: int, name: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(name.encode())])
-
-
-def _mrope(spec: SynthSpec) -> list[int]:
-    half = int(spec.head_dim * spec.partial_rotary_factor) // 2
-    a = -(-half * 11 // 32)
-    b = -(-(half - a) // 2)
-    return [a, b, half - a - b]
-
-
-def text_config(spec: SynthSpec) -> dict:
-    n = spec.num_hidden_layers
-    layer_types = [
-        "linear_attention" if (i + 1) % spec.full_attention_interval else "full_attention" for i in range(n)
-    ]
-    cfg: dict = {
-        "attention_bias": False,
-        "attention_dropout": 0.0,
-        "attn_output_gate": True,
-        "dtype": "bfloat16",
-        "eos_token_id": 248044,
-        "full_attention_interval": spec.full_attention_interval,
-        "head_dim": spec.head_dim,
-        "hidden_act": "silu",
-        "hidden_size": spec.hidden_size,
-        "initializer_range": 0.02,
-        "layer_types": layer_types,
-        "linear_conv_kernel_dim": spec.linear_conv_kernel_dim,
-        "linear_key_head_dim": spec.linear_key_head_dim,
-        "linear_num_key_heads": spec.linear_num_key_heads,
-        "linear_num_value_heads": spec.linear_num_value_heads,
-        "linear_value_head_dim": spec.linear_value_head_dim,
-        "max_position_embeddings": spec.max_position_embeddings,
-        "model_type": "qwen3_5_moe_text" if spec.moe else "qwen3_5_text",
-        "mtp_num_hidden_layers": spec.mtp_num_hidden_layers,
-        "mtp_use_dedicated_embeddings": False,
-        "num_attention_heads": spec.num_attention_heads,
-        "num_hidden_layers": n,
-        "num_key_value_heads": spec.num_key_value_heads,
-        "rms_norm_eps": 1e-6,
-        "use_cache": True,
-        "vocab_size": tok.VOCAB_SIZE,
-        "tie_word_embeddings": spec.tie_word_embeddings,
-        "rope_parameters": {
-            "mrope_interleaved": True,
-            "mrope_section": _mrope(spec),
-            "rope_type": "default",
-            "rope_theta": spec.rope_theta,
-            "partial_rotary_factor": spec.partial_rotary_factor,
-        },
-    }
-    if spec.moe:
-        cfg.update(
-            {
-                "moe_intermediate_size": spec.moe_intermediate_size,
-                "num_experts": spec.num_experts,
-                "num_experts_per_tok": spec.num_experts_per_tok,
-                "router_aux_loss_coef": 0.001,
-                "shared_expert_intermediate_size": spec.shared_expert_intermediate_size,
-            }
-        )
-    else:
-        cfg["intermediate_size"] = spec.intermediate_size
-    return cfg
-
-
-def config_json(spec: SynthSpec) -> dict:
-    arch = "Qwen3_5MoeForConditionalGeneration" if spec.moe else "Qwen3_5ForConditionalGeneration"
-    if spec.vision is None:
-        arch = arch.replace("ConditionalGeneration", "CausalLM")
-    sp = tok.specials()
-    cfg: dict = {
-        "architectures": [arch],
-        "model_type": "qwen3_5_moe" if spec.moe else "qwen3_5",
-        "text_config": text_config(spec),
-        "tie_word_embeddings": spec.tie_word_embeddings,
-        "transformers_version": "5.0.0",
-        "image_token_id": sp["<|image_pad|>"],
-        "video_token_id": sp["<|video_pad|>"],
-        "vision_start_token_id": sp["<|vision_start|>"],
-        "vision_end_token_id": sp["<|vision_end|>"],
-    }
-    if spec.vision is not None:
-        v = spec.vision
-        cfg["vision_config"] = {
-            "deepstack_visual_indexes": [],
-            "depth": v.depth,
-            "hidden_act": "gelu_pytorch_tanh",
-            "hidden_size": v.hidden_size,
-            "in_channels": v.in_channels,
-            "initializer_range": 0.02,
-            "intermediate_size": v.intermediate_size,
-            "model_type": cfg["model_type"],
-            "num_heads": v.num_heads,
-            "num_position_embeddings": v.num_position_embeddings,
-            "out_hidden_size": spec.hidden_size,
-            "patch_size": v.patch_size,
-            "spatial_merge_size": v.spatial_merge_size,
-            "temporal_patch_size": v.temporal_patch_size,
-        }
-    if spec.dtype == "FP8":
-        cfg["quantization_config"] = {
-            "activation_scheme": "dynamic",
-            "fmt": "e4m3",
-            "quant_method": "fp8",
-            "weight_block_size": [128, 128],
-            "modules_to_not_convert": [
-                "lm_head",
-                "model.language_model.embed_tokens",
-                "mlp.gate",
-                "mlp.shared_expert_gate",
-                "linear_attn.in_proj_a",
-                "linear_attn.in_proj_b",
-                "linear_attn.conv1d",
-                "model.visual",
-                "mtp.fc",
-            ],
-        }
-    return cfg
-
-
-# ----------------------------------------------------------------------------------------------
-# Tensor list: (name, shape, init kind). Kinds: "w" fan-in matrix, "wo" damped residual output,
-# "emb" embedding, "norm" zero-centred RMSNorm, "gnorm" plain gated norm, "a_log", "dt", "conv",
-# "bias", "ln_w"/"ln_b" LayerNorm.
-
-
-def text_tensors(spec: SynthSpec) -> Iterator[tuple[str, tuple[int, ...], str]]:
-    h, v = spec.hidden_size, tok.VOCAB_SIZE
-    p = "model.language_model."
-    yield f"{p}embed_tokens.weight", (v, h), "emb"
-    for i in range(spec.num_hidden_layers):
-        kind = "linear" if (i + 1) % spec.full_attention_interval else "full"
-        yield from _layer(spec, f"{p}layers.{i}.", kind)
-    yield f"{p}norm.weight", (h,), "norm"
-    if not spec.tie_word_embeddings:
-        yield "lm_head.weight", (v, h), "w"
-    for j in range(spec.mtp_num_hidden_layers):
-        yield from _layer(spec, f"mtp.layers.{j}.", "full")
-    if spec.mtp_num_hidden_layers:
-        yield "mtp.fc.weight", (h, 2 * h), "w"
-        for n in ("pre_fc_norm_embedding", "pre_fc_norm_hidden", "norm"):
-            yield f"mtp.{n}.weight", (h,), "norm"
-
-
-def _layer(spec: SynthSpec, p: str, kind: str) -> Iterator[tuple[str, tuple[int, ...], str]]:
-    h = spec.hidden_size
-    yield f"{p}input_layernorm.weight", (h,), "norm"
-    yield f"{p}post_attention_layernorm.weight", (h,), "norm"
-    if kind == "linear":
-        nk, nv = spec.linear_num_key_heads, spec.linear_num_value_heads
-        dk, dv = spec.linear_key_head_dim, spec.linear_value_head_dim
-        qkv = 2 * nk * dk + nv * dv
-        a = f"{p}linear_attn."
-        yield f"{a}in_proj_qkv.weight", (qkv, h), "w"
-        yield f"{a}in_proj_z.weight", (nv * dv, h), "w"
-        yield f"{a}in_proj_a.weight", (nv, h), "w"
-        yield f"{a}in_proj_b.weight", (nv, h), "w"
-        yield f"{a}conv1d.weight", (qkv, 1, spec.linear_conv_kernel_dim), "conv"
-        yield f"{a}A_log", (nv,), "a_log"
-        yield f"{a}dt_bias", (nv,), "dt"
-        yield f"{a}norm.weight", (dv,), "gnorm"
-        yield f"{a}out_proj.weight", (h, nv * dv), "wo"
-    else:
-        nh, nkv, d = spec.num_attention_heads, spec.num_key_value_heads, spec.head_dim
-        a = f"{p}self_attn."
-        yield f"{a}q_proj.weight", (2 * nh * d, h), "w"
-        yield f"{a}k_proj.weight", (nkv * d, h), "w"
-        yield f"{a}v_proj.weight", (nkv * d, h), "w"
-        yield f"{a}o_proj.weight", (h, nh * d), "wo"
-        yield f"{a}q_norm.weight", (d,), "norm"
-        yield f"{a}k_norm.weight", (d,), "norm"
-    if spec.moe:
-        ff, sff = spec.moe_intermediate_size, spec.shared_expert_intermediate_size
-        yield f"{p}mlp.gate.weight", (spec.num_experts, h), "w"
-        for e in range(spec.num_experts):
-            yield f"{p}mlp.experts.{e}.gate_proj.weight", (ff, h), "w"
-            yield f"{p}mlp.experts.{e}.up_proj.weight", (ff, h), "w"
-            yield f"{p}mlp.experts.{e}.down_proj.weight", (h, ff), "wo"
-        yield f"{p}mlp.shared_expert.gate_proj.weight", (sff, h), "w"
-        yield f"{p}mlp.shared_expert.up_proj.weight", (sff, h), "w"
-        yield f"{p}mlp.shared_expert.down_proj.weight", (h, sff), "wo"
-        yield f"{p}mlp.shared_expert_gate.weight", (1, h), "w"
-    else:
-        ff = spec.intermediate_size
-        yield f"{p}mlp.gate_proj.weight", (ff, h), "w"
-        yield f"{p}mlp.up_proj.weight", (ff, h), "w"
-        yield f"{p}mlp.down_proj.weight", (h, ff), "wo"
-
-
-def vision_tensors(spec: SynthSpec) -> Iterator[tuple[str, tuple[int, ...], str]]:
-    v = spec.vision
-    if v is None:
-        return
-    d, p = v.hidden_size, "model.visual."
-    yield (
-        f"{p}patch_embed.proj.weight",
-        (d, v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size),
-        "w",
-    )
-    yield f"{p}patch_embed.proj.bias", (d,), "bias"
-    yield f"{p}pos_embed.weight", (v.num_position_embeddings, d), "emb"
-    for i in range(v.depth):
-        b = f"{p}blocks.{i}."
-        yield f"{b}norm1.weight", (d,), "ln_w"
-        yield f"{b}norm1.bias", (d,), "bias"
-        yield f"{b}norm2.weight", (d,), "ln_w"
-        yield f"{b}norm2.bias", (d,), "bias"
-        yield f"{b}attn.qkv.weight", (3 * d, d), "w"
-        yield f"{b}attn.qkv.bias", (3 * d,), "bias"
-        yield f"{b}attn.proj.weight", (d, d), "wo"
-        yield f"{b}attn.proj.bias", (d,), "bias"
-        yield f"{b}mlp.linear_fc1.weight", (v.intermediate_size, d), "w"
-        yield f"{b}mlp.linear_fc1.bias", (v.intermediate_size,), "bias"
-        yield f"{b}mlp.linear_fc2.weight", (d, v.intermediate_size), "wo"
-        yield f"{b}mlp.linear_fc2.bias", (d,), "bias"
-    m = 4 * d if v.spatial_merge_size == 2 else d * v.spatial_merge_size**2
-    yield f"{p}merger.norm.weight", (d,), "ln_w"
-    yield f"{p}merger.norm.bias", (d,), "bias"
-    yield f"{p}merger.linear_fc1.weight", (m, m), "w"
-    yield f"{p}merger.linear_fc1.bias", (m,), "bias"
-    yield f"{p}merger.linear_fc2.weight", (spec.hidden_size, m), "w"
-    yield f"{p}merger.linear_fc2.bias", (spec.hidden_size,), "bias"
 
 
 def init_tensor(spec: SynthSpec, name: str, shape: tuple[int, ...], kind: str) -> np.ndarray:
@@ -406,18 +145,13 @@ def _encode(spec: SynthSpec, name: str, x: np.ndarray) -> list[tuple[str, str, t
     return [(name, "BF16", x.shape, f32_to_bf16_bits(x))]
 
 
-def all_tensors(spec: SynthSpec) -> Iterator[tuple[str, tuple[int, ...], str]]:
-    yield from text_tensors(spec)
-    yield from vision_tensors(spec)
-
-
-def shard_groups(spec: SynthSpec) -> list[list[tuple[str, tuple[int, ...], str]]]:
+def shard_groups(spec: ModelSpec) -> list[list[StoredTensor]]:
     """Tensors in file order, cut into shards of about spec.shard_bytes (HF's model-0000k-of-0000n)."""
     per = 1 if spec.dtype == "FP8" else (4 if spec.dtype == "F32" else 2)
-    groups: list[list[tuple[str, tuple[int, ...], str]]] = [[]]
+    groups: list[list[StoredTensor]] = [[]]
     size = 0
     for t in all_tensors(spec):
-        nbytes = math.prod(t[1]) * per
+        nbytes = math.prod(t.shape) * per
         if groups[-1] and size + nbytes > spec.shard_bytes:
             groups.append([])
             size = 0
@@ -496,7 +230,7 @@ def _write_files(out: Path, spec: SynthSpec) -> None:
             indent=2,
         )
     )
-    _write_tokenizer(out)
+    write_tokenizer(out)
     if spec.vision is not None:
         v = spec.vision
         (out / "preprocessor_config.json").write_text(
@@ -520,42 +254,6 @@ def _write_files(out: Path, spec: SynthSpec) -> None:
     (out / MARKER).write_text(json.dumps(asdict(spec), indent=2))
 
 
-def _write_tokenizer(out: Path) -> None:
-    shutil.copyfile(tok.cached_tokenizer_json(), out / "tokenizer.json")
-    template = TEMPLATE.read_text(encoding="utf-8")
-    sp = tok.specials()
-    added = {
-        str(i): {
-            "content": s,
-            "lstrip": False,
-            "normalized": False,
-            "rstrip": False,
-            "single_word": False,
-            "special": s not in tok.NOT_SPECIAL,
-        }
-        for s, i in sp.items()
-    }
-    (out / "tokenizer_config.json").write_text(
-        json.dumps(
-            {
-                "add_bos_token": False,
-                "add_prefix_space": False,
-                "added_tokens_decoder": added,
-                "bos_token": None,
-                "eos_token": "<|im_end|>",
-                "pad_token": "<|endoftext|>",
-                "errors": "replace",
-                "model_max_length": 262144,
-                "split_special_tokens": False,
-                "tokenizer_class": "Qwen2Tokenizer",
-                "chat_template": template,
-            },
-            indent=2,
-            ensure_ascii=False,
-        )
-    )
-    (out / "chat_template.jinja").write_text(template, encoding="utf-8")
-
-
-def spec_for(preset: str, **overrides: object) -> SynthSpec:
-    return replace(PRESETS[preset], **overrides)  # type: ignore[arg-type]
+def spec_for(preset: str, **overrides: Any) -> SynthSpec:
+    """A preset with some fields changed (tests and `make-tiny` pick sizes, dtype, seed by name)."""
+    return replace(PRESETS[preset], **overrides)

@@ -16,7 +16,7 @@ from typing import ClassVar, Literal
 
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.binding import Binding, BindingType
+from textual.binding import BindingType
 from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Label, OptionList
@@ -25,6 +25,7 @@ from textual.widgets.option_list import Option
 from q35local.base.errors import InputError
 from q35local.base.files import regular_file
 from q35local.chat.store import Store
+from q35local.tui.keys import CONVERSATION_KEYS, bindings, hint_line
 from q35local.tui.screens.dialogs import Confirm, TextPrompt
 
 Choice = int | Literal["new"] | None
@@ -64,13 +65,7 @@ def default_export_name(title: str) -> str:
 class ConversationsScreen(ModalScreen[Choice]):
     """Returns the id to open, "new", or None (closed)."""
 
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape", "close", "Close"),
-        Binding("n", "new", "New chat"),
-        Binding("r", "rename", "Rename"),
-        Binding("d,delete", "delete", "Delete"),
-        Binding("e", "export", "Export"),
-    ]
+    BINDINGS: ClassVar[list[BindingType]] = bindings(CONVERSATION_KEYS)
 
     def __init__(self, store: Store, current: int | None) -> None:
         super().__init__()
@@ -81,9 +76,7 @@ class ConversationsScreen(ModalScreen[Choice]):
         with Vertical(classes="dialog conversations"):
             yield Label("Conversations", classes="dialog-title")
             yield OptionList(id="conversation-list")
-            yield Label(
-                "enter open · n new · r rename · d delete · e export · esc close", classes="dialog-help"
-            )
+            yield Label(hint_line(CONVERSATION_KEYS), classes="dialog-help")
 
     def on_mount(self) -> None:
         self.reload()

@@ -7,12 +7,13 @@ from pathlib import Path
 from typing import ClassVar
 
 from textual.app import ComposeResult
-from textual.binding import Binding, BindingType
+from textual.binding import BindingType
 from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import DirectoryTree, Input, Label
 
 from q35local.chat.images import SUFFIXES
+from q35local.tui.keys import IMAGE_PICKER_KEYS, bindings, hint_line
 
 
 class ImageTree(DirectoryTree):
@@ -34,7 +35,7 @@ class ImageTree(DirectoryTree):
 class ImagePicker(ModalScreen[Path | None]):
     """Returns the chosen file (Enter on it) or None (Esc); the Input changes the folder shown."""
 
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel")]
+    BINDINGS: ClassVar[list[BindingType]] = bindings(IMAGE_PICKER_KEYS)
 
     def __init__(self, root: Path | None = None) -> None:
         super().__init__()
@@ -45,7 +46,8 @@ class ImagePicker(ModalScreen[Path | None]):
             yield Label("Attach an image", classes="dialog-title")
             yield Input(str(self._root), placeholder="folder", id="folder")
             yield ImageTree(self._root, id="tree")
-            yield Label("enter attach · esc cancel · type a folder above, then enter", classes="dialog-help")
+            hint = f"{hint_line(IMAGE_PICKER_KEYS)} · type a folder above, then enter"
+            yield Label(hint, classes="dialog-help")
 
     def on_mount(self) -> None:
         self.query_one(ImageTree).focus()

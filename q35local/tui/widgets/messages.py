@@ -9,7 +9,7 @@ Collapsible that folds away when the answer begins, so the answer is what stays 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
+from typing import Literal
 
 from rich.text import Text
 from textual import events
@@ -20,9 +20,12 @@ from textual.widget import Widget
 from textual.widgets import Collapsible, Markdown, Static
 from textual.widgets.markdown import MarkdownFence, MarkdownStream
 
+from q35local.chat.session import Message
 from q35local.engine.llama import GenStats
+from q35local.tui.streaming import Part
 from q35local.tui.widgets.thumbnail import Attachment, thumbnail
 
+NoticeKind = Literal["error", "warning", "info"]  # info: help text
 THINKING_LIVE = "Thinking…"
 THINKING_DONE = "Thoughts"
 
@@ -128,7 +131,7 @@ class AssistantMessage(MessageView):
     def copy_text(self) -> str:
         return self.answer
 
-    async def append(self, parts: Sequence[tuple[str, str]]) -> None:
+    async def append(self, parts: Sequence[Part]) -> None:
         """Add streamed text in order; the first answer text folds the reasoning away."""
         for kind, text in parts:
             if kind == "thinking":
@@ -196,31 +199,20 @@ def reply_meta(stats: GenStats | None, note: str = "") -> str:
 class NoticeLine(Static):
     """An inline line in the transcript: an error (kept in view, unlike a toast), a warning or help text."""
 
-    def __init__(self, text: str, *, kind: str = "error") -> None:
+    def __init__(self, text: str, *, kind: NoticeKind = "error") -> None:
         prefix = {"error": "✖ ", "warning": "⚠ "}.get(kind, "")
         super().__init__(Text(prefix + text), classes=f"notice {kind}")
         self.kind = kind
         self.text = text
 
 
-def history_widgets(messages: Sequence[object], *, graphics: bool, model: str) -> list[Widget]:
-    """Widgets for a reopened conversation (ChatSession.messages: role, content, thinking, images)."""
+def history_widgets(messages: Sequence[Message], *, graphics: bool, model: str) -> list[Widget]:
+    """Widgets for a reopened conversation (ChatSession.messages)."""
     out: list[Widget] = []
     for m in messages:
-        role = getattr(m, "role", "")
-        if role == "user":
-            images = [i if not isinstance(i, str) else Path(i) for i in getattr(m, "images", None) or ()]
-            out.append(UserMessage(_text(m), images, graphics=graphics))
-        elif role == "assistant":
-            stats = getattr(m, "stats", None)
-            note = "" if getattr(m, "complete", True) else "interrupted"
-            meta = reply_meta(stats, note)
-            out.append(AssistantMessage(_text(m), getattr(m, "thinking", "") or "", model=model, meta=meta))
+        if m.role == "user":
+            out.append(UserMessage(m.content, m.images, graphics=graphics))
+        elif m.role == "assistant":
+            meta = reply_meta(m.stats, "" if m.complete else "interrupted")
+            out.append(AssistantMessage(m.content, m.thinking, model=model, meta=meta))
     return out
-
-
-def _text(message: object) -> str:
-    content = getattr(message, "content", "")
-    if isinstance(content, str):
-        return content
-    return "".join(p.get("text", "") for p in content if isinstance(p, dict))  # list of parts

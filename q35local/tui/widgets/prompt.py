@@ -11,8 +11,7 @@ from textual.message import Message
 from textual.widgets import TextArea
 
 from q35local.chat.images import looks_like_image_path
-
-NEWLINE_KEYS = ("ctrl+j", "shift+enter", "alt+enter")
+from q35local.tui.keys import NEWLINE, SEND
 
 
 class PromptInput(TextArea):
@@ -38,15 +37,15 @@ class PromptInput(TextArea):
 
     async def _on_key(self, event: events.Key) -> None:
         # TextArea's own _on_key (which inserts "\n" on Enter) runs after this one unless prevented.
-        if event.key == "enter":
+        if event.key in SEND.key_list:
             event.stop()
             event.prevent_default()
             self.post_message(self.Submitted(self, self.text))
-        elif event.key in NEWLINE_KEYS:
+        elif event.key in NEWLINE.key_list:
             event.stop()
             event.prevent_default()
             self.insert("\n")
-        elif event.key == "up" and not self.text:
+        elif event.key == "up" and not self.text:  # named in help as keys.EDIT's `also`
             event.stop()
             event.prevent_default()
             self.post_message(self.EditRequested())

@@ -9,6 +9,7 @@ terminal and draws the same everywhere.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PIL import Image as PILImage
 from rich.text import Text
@@ -18,6 +19,10 @@ from textual.widgets import Static
 
 from q35local.base.errors import InputError
 from q35local.chat.images import PreparedImage, prepare_image
+
+if TYPE_CHECKING:  # for mypy only: importing textual_image.widget queries the terminal (see image_widget)
+    # the base class of textual-image's widgets (its package exports only the concrete ones)
+    from textual_image.widget._base import Image as ImageWidget
 
 Attachment = PreparedImage | Path
 THUMB_PIXELS = 192 * 192  # enough for a few terminal rows; scaling down first keeps rendering cheap
@@ -44,17 +49,19 @@ def _pil(image: Attachment) -> PILImage.Image | None:
     return pic
 
 
-def image_widget(graphics: bool) -> type[Widget] | None:
+def image_widget(graphics: bool) -> type[ImageWidget] | None:
     """textual-image's widget class: the auto-detected one in a real terminal, half-block otherwise;
     None when textual-image cannot start here (0.12 divides by zero when a pty reports no size)."""
     try:
         if graphics:
-            from textual_image.widget import Image as ImageWidget
-        else:
-            from textual_image.widget import HalfcellImage as ImageWidget
+            from textual_image.widget import Image
+
+            return Image
+        from textual_image.widget import HalfcellImage
+
+        return HalfcellImage
     except Exception:
         return None
-    return ImageWidget
 
 
 def thumbnail(image: Attachment, *, graphics: bool) -> Widget:

