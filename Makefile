@@ -9,7 +9,7 @@ DEMO   := demo
 CPU_BUILD ?= auto
 STAMP  := $(VENV)/.setup-done-$(CPU_BUILD)
 
-.PHONY: setup test demo bench bench-quality lint clean
+.PHONY: setup test test-fast demo bench bench-quality lint clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,10 @@ $(STAMP): pyproject.toml q35local/llamabuild.py
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# the inner loop: unit-sized tests only (tests/conftest.py: FAST_MODULES), well under a minute
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
 
 # the tiny model is generated and quantized once; then: will it fit here, and a chat with it
 demo: setup $(DEMO)/tiny-moe-Q8_0.gguf

@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import psutil
@@ -61,7 +62,7 @@ def _decode_once(which: str, gguf: Path) -> float:
     from q35local.engine.sampling import NON_THINKING
 
     threads = psutil.cpu_count(logical=False) or os.cpu_count() or 1
-    sampling = NON_THINKING.with_(max_tokens=N_TOKENS, seed=1, presence_penalty=0.0)
+    sampling = replace(NON_THINKING, max_tokens=N_TOKENS, seed=1, presence_penalty=0.0)
     if which == "ours":
         from q35local.engine.llama import LlamaEngine
 
@@ -142,7 +143,7 @@ def bench_app(gguf: Path) -> None:
 
     threads = psutil.cpu_count(logical=False) or os.cpu_count() or 1
     eng = LlamaEngine(gguf, n_ctx=2048, n_threads=threads)
-    sampling = NON_THINKING.with_(max_tokens=N_TOKENS, seed=1, presence_penalty=0.0)
+    sampling = replace(NON_THINKING, max_tokens=N_TOKENS, seed=1, presence_penalty=0.0)
     text = "Write a long story about a lighthouse keeper."
     results: list[tuple[float, float, float]] = []
     alone: list[float] = []

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypedDict
 
 from q35local.base.limits import THREADS
-from q35local.base.units import format_size
+from q35local.base.units import MB, format_size
 from q35local.base.validate import float_arg, int_arg, size_arg
 
 from .convert import ConvertOptions, ConvertResult, convert
@@ -122,7 +122,7 @@ def run_make_tiny(args: argparse.Namespace) -> int:
         extra["vision"] = None
     path = write_checkpoint(args.output, spec_for(args.preset, **extra))
     size = sum(f.stat().st_size for f in path.iterdir())
-    print(f"wrote {args.preset} checkpoint ({args.dtype}, {size / 1e6:.1f} MB) to {path}")
+    print(f"wrote {args.preset} checkpoint ({args.dtype}, {format_size(size)}) to {path}")
     return 0
 
 
@@ -241,12 +241,12 @@ def print_summary(console: Console, r: ConvertResult, dry_run: bool = False) -> 
     rows = class_rows(r.model.tensors)
     title = f"{r.model.paths[0].name}: {r.label}" + (" (dry run: nothing written)" if dry_run else "")
     table = Table(title=title, title_justify="left")
-    for col in ("class", "type", "tensors", "params", "MiB", "bits/weight"):
+    for col in ("class", "type", "tensors", "params", "MB", "bits/weight"):
         table.add_column(col, justify="left" if col in ("class", "type") else "right")
     for row in rows:
         n, b = row["params"], row["bytes"]
         table.add_row(
-            row["class"], row["type"], str(row["tensors"]), f"{n:,}", f"{b / 2**20:,.1f}", f"{8 * b / n:.2f}"
+            row["class"], row["type"], str(row["tensors"]), f"{n:,}", f"{b / MB:,.1f}", f"{8 * b / n:.2f}"
         )
     params = sum(row["params"] for row in rows)
     tensor_bytes = sum(row["bytes"] for row in rows)
@@ -255,7 +255,7 @@ def print_summary(console: Console, r: ConvertResult, dry_run: bool = False) -> 
         "",
         str(len(r.model.tensors)),
         f"{params:,}",
-        f"{tensor_bytes / 2**20:,.1f}",
+        f"{tensor_bytes / MB:,.1f}",
         f"{8 * tensor_bytes / params:.2f}",
         style="bold",
     )
@@ -265,14 +265,14 @@ def print_summary(console: Console, r: ConvertResult, dry_run: bool = False) -> 
         console.print(text, markup=False, highlight=False)
 
     for sh in r.model.shards:
-        line(f"model   {sh.path}  ({sh.file_size():,} bytes, {sh.file_size() / 2**20:,.1f} MiB)")
+        line(f"model   {sh.path}  ({sh.file_size():,} bytes, {format_size(sh.file_size())})")
     if r.mmproj:
         for sh in r.mmproj.shards:
-            line(f"mmproj  {sh.path}  ({sh.file_size() / 2**20:,.1f} MiB, {len(r.mmproj.tensors)} tensors)")
+            line(f"mmproj  {sh.path}  ({format_size(sh.file_size())}, {len(r.mmproj.tensors)} tensors)")
     for note in r.notes:
         line(f"note    {note}")
     if dry_run:
         line(f"planned in {r.seconds:.2f} s")
     else:
         total = r.model.nbytes + (r.mmproj.nbytes if r.mmproj else 0)
-        line(f"done in {r.seconds:.1f} s ({total / 2**20 / max(r.seconds, 1e-9):,.0f} MiB/s written)")
+        line(f"done in {r.seconds:.1f} s ({format_size(total / max(r.seconds, 1e-9))}/s written)")

@@ -16,6 +16,7 @@ from itertools import groupby
 from pathlib import Path
 
 import numpy as np
+from gguf import MODEL_TENSOR
 
 from q35local.base import VERSION
 from q35local.base.errors import InputError
@@ -26,6 +27,7 @@ from .gguf_file import Shard, ShardWriter, discard, mmproj_name, publish, read_g
 from .hub import looks_like_repo_id, open_hub
 from .imatrix import importance_for, load_imatrix
 from .mmproj import has_vision
+from .names import tensor_name
 from .outputs import OutputLock, check_writable, refuse_inputs, remove
 from .plan import OutTensor
 from .planning import layout, mmproj_kvs, model_kvs, plan_model
@@ -356,6 +358,6 @@ def prepare(ckpt: Checkpoint, opts: ConvertOptions, check_output: bool = True) -
         notes.append(f"MTP head dropped ({cfg.mtp_num_hidden_layers} layer(s), --no-mtp)")
     if cfg.fp8_block:
         notes.append(f"FP8 weights dequantized on the fly ({cfg.fp8_block[0]}x{cfg.fp8_block[1]} blocks)")
-    if not any(t.name == "output.weight" for t in plan):
+    if not any(t.name == tensor_name(MODEL_TENSOR.OUTPUT) for t in plan):
         notes.append("tied embeddings: llama.cpp uses token_embd as the output matrix")
     return Prepared(ckpt, shards, plan, mm_shards, mm_plan, notes, scheme.label, importance)

@@ -18,6 +18,7 @@ from q35local.base.errors import InputError
 from .checkpoint import Checkpoint
 from .config import Qwen35Config
 from .ggml import fits, tensor_bytes
+from .names import BLOCK
 from .safetensors_io import TensorEntry
 from .tensor_map import (
     DENSE,
@@ -117,7 +118,7 @@ class OutTensor:
     @property
     def cls(self) -> str:
         """Tensor class for summaries: the name without block index and suffix."""
-        return re.sub(r"^blk\.\d+\.", "", self.name).removesuffix(".weight").removesuffix(".bias")
+        return BLOCK.sub("", self.name).removesuffix(".weight").removesuffix(".bias")
 
 
 # Tensors llama.cpp wants in F32 whatever the file type: vectors, norms, routers, the conv kernel.

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import settings
 
-from q35local.machine.hardware import GiB
+from q35local.base.units import GB, format_size
 from quantize.convert import ConvertOptions, convert
 from quantize.synth import spec_for, write_checkpoint
 
@@ -24,6 +24,32 @@ settings.register_profile("q35", max_examples=60, deadline=None, database=None, 
 settings.register_profile("deep", max_examples=2000, deadline=None, database=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "q35"))
 
+# `make test-fast`, the inner loop's tier (well under a minute; `make test` runs everything): modules of
+# unit-sized tests (pure functions, parsers and their fuzzing, the screens with a scripted engine,
+# SQLite, tiny GGUFs) minus the single tests that wait out a timeout. A module not listed is in the full
+# suite only, so a new, slow module never lands in the fast tier by default.
+FAST_MODULES = {
+    "test_base", "test_chat_session", "test_fuzz_gguf", "test_fuzz_hardware", "test_images", "test_layers",
+    "test_mmproj", "test_planning_inputs", "test_probe", "test_safetensors_header", "test_split",
+    "test_store", "test_streaming", "test_synth", "test_target", "test_template", "test_thinking",
+    "test_tokenizer", "test_tui_keys", "test_tui_snapshots", "test_units",
+}  # fmt: skip
+SLOW_TESTS = {
+    "test_probe_fake_nvidia_smi_hangs",  # waits out the probe's timeout
+    "test_streaming_phase_allocates_about_one_chunk",  # converts a model under tracemalloc
+    "test_target_size_fits_and_uses_the_budget",  # quantizes at several sizes
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    here = {p.stem for p in Path(__file__).parent.glob("test_*.py")}
+    assert here >= FAST_MODULES, f"FAST_MODULES names no such file: {sorted(FAST_MODULES - here)}"
+    for item in items:
+        module = Path(str(item.fspath)).stem
+        if module not in FAST_MODULES or getattr(item, "originalname", item.name) in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)
+
+
 # A chat-formatted prompt with special tokens, multilingual text and code: 16+ tokens.
 PROMPT = (
     "<|im_start|>system\nYou are helpful.<|im_end|>\n<|im_start|>user\n"
@@ -34,7 +60,7 @@ PROMPT = (
 
 # A whole run peaks at about 4.3 GB of generated files under pytest's temp dir (measured by sampling
 # `du` through `make test`); passed tests' files are removed as they go (pyproject's retention policy).
-NEEDS_FREE = 5 * GiB
+NEEDS_FREE = 6 * GB
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -43,7 +69,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     free = shutil.disk_usage(root).free
     if free < NEEDS_FREE:
         pytest.exit(
-            f"{root}: {free / GiB:.1f} GiB free; the tests need about {NEEDS_FREE / GiB:.0f} GiB "
+            f"{root}: {format_size(free)} free; the tests need about {format_size(NEEDS_FREE)} "
             "(set TMPDIR to a roomier disk)",
             returncode=2,
         )

@@ -11,6 +11,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -288,7 +289,7 @@ async def test_a_5000_piece_reply_stays_responsive_and_complete(
         pieces.append(piece)
     full = "".join(pieces)
     engine = FakeEngine([pieces], delay=0.0003)
-    app = make_app(engine, store, sampling=NON_THINKING.with_(max_tokens=6000))
+    app = make_app(engine, store, sampling=replace(NON_THINKING, max_tokens=6000))
     gaps: list[float] = []
     appends = 0
     real_append = AssistantMessage.append

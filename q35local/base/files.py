@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from q35local.base.errors import InputError
+from q35local.base.units import MiB
 
 
 def regular_file(path: Path, missing: str = "no such file") -> os.stat_result:
@@ -58,7 +59,7 @@ def read_text(path: Path, missing: str = "no such file", limit: int | None = Non
         raise InputError(path, f"cannot read: {e.strerror or e}") from None
 
 
-def read_toml(path: Path, missing: str = "no such file", limit: int = 1 << 20) -> dict[str, Any]:
+def read_toml(path: Path, missing: str = "no such file", limit: int = 1 * MiB) -> dict[str, Any]:
     """A regular file's TOML, or one InputError naming the file (first line of the parser's message)."""
     text = read_text(path, missing, limit)
     try:
@@ -69,7 +70,7 @@ def read_toml(path: Path, missing: str = "no such file", limit: int = 1 << 20) -
         raise InputError(path, "not valid TOML: nested too deeply") from None
 
 
-def read_json(path: Path, missing: str, limit: int = 256 << 20) -> dict[str, Any]:
+def read_json(path: Path, missing: str, limit: int = 256 * MiB) -> dict[str, Any]:
     """A JSON object from `path`, or an InputError naming the file (`missing` says why it is needed).
 
     Only a regular file of at most `limit` bytes is read; a nesting too deep for the parser is a

@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 from q35local.base.errors import InputError
+from q35local.base.units import MiB, format_memory
 
 # tokens of context: llama.cpp pads the KV cache to 256 cells, and no Qwen 3.5 reaches past 1M
 # (262,144 trained; the model card's YaRN extension stops at 1,010,000)
@@ -28,7 +29,7 @@ MARGIN_GIB = (0.0, 1024.0)  # GiB kept free per device
 KLD_WINDOW = (16, 4096)
 KLD_TOKENS = (2, 1 << 20)  # tokens evaluated in all
 # a chat template's own source, refused at quantize time and at load (the real Qwen 3.5 one is ~5 KB)
-MAX_TEMPLATE_BYTES = 1 << 20
+MAX_TEMPLATE_BYTES = 1 * MiB
 
 
 def check_ctx(n_ctx: int, n_ctx_train: int, model: str | Path) -> None:
@@ -45,7 +46,7 @@ def check_ctx(n_ctx: int, n_ctx_train: int, model: str | Path) -> None:
 def template_too_big(size: int) -> str:
     """The one wording of the chat template's size limit: at quantize time and at load."""
     limit = MAX_TEMPLATE_BYTES
-    return f"chat template is {size:,} bytes; at most {limit:,} ({limit / (1 << 20):g} MiB) are accepted"
+    return f"chat template is {size:,} bytes; at most {limit:,} ({format_memory(limit)}) are accepted"
 
 
 _QUANT = re.compile(r"[A-Z0-9][A-Z0-9_.-]{0,39}")

@@ -43,13 +43,13 @@ from markupsafe import Markup, escape, soft_str
 import quantize.qwen35
 from q35local.base.errors import InputError
 from q35local.base.limits import MAX_TEMPLATE_BYTES, template_too_big
+from q35local.base.units import MiB, format_memory
 
 if TYPE_CHECKING:
     from q35local.engine.llama import Engine
 
 DEFAULT_TEMPLATE = quantize.qwen35.CHAT_TEMPLATE.read_text(encoding="utf-8")
 
-MiB = 1 << 20
 RENDER_SECONDS = 2.0  # wall time for one render (the built-in template takes well under 1 ms)
 MAX_OUTPUT = 4 * MiB  # characters of rendered text, and of any one value a template builds
 MAX_INT_BITS = 1 << 16  # integers a template computes (Python prints at most 4,300 digits anyway)
@@ -91,10 +91,6 @@ class _TooBig(BaseException):
     def __init__(self, what: str) -> None:
         super().__init__(what)
         self.what = what
-
-
-def _mib(n: int) -> str:
-    return f"{n / MiB:g} MiB"
 
 
 # --- the watchdog ---
@@ -217,17 +213,17 @@ def _sized(x: Any) -> Any:
     """`x` itself, or _TooBig when it is over the budget (the hook on displays, filters, calls)."""
     if type(x) is str:  # the common case, first
         if len(x) > MAX_OUTPUT:
-            raise _TooBig(f"a value over {_mib(MAX_OUTPUT)}")
+            raise _TooBig(f"a value over {format_memory(MAX_OUTPUT)}")
         return x
     if _size(x) > MAX_OUTPUT:
-        raise _TooBig(f"a value over {_mib(MAX_OUTPUT)}")
+        raise _TooBig(f"a value over {format_memory(MAX_OUTPUT)}")
     return x
 
 
 def _room(n: int) -> None:
     """Refuse before making a value of about `n` characters, if that is over the budget."""
     if n > MAX_OUTPUT:
-        raise _TooBig(f"a value over {_mib(MAX_OUTPUT)}")
+        raise _TooBig(f"a value over {format_memory(MAX_OUTPUT)}")
 
 
 def _nat(x: object) -> int:
@@ -372,7 +368,7 @@ class _StrictSandbox(ImmutableSandboxedEnvironment):
         if type(parts) is not list:
             parts = list(parts)
         if sum(map(len, parts)) > MAX_OUTPUT:
-            raise _TooBig(f"a value over {_mib(MAX_OUTPUT)}")
+            raise _TooBig(f"a value over {format_memory(MAX_OUTPUT)}")
         return "".join(parts)
 
     def wrap_str_format(self, value: Any) -> Any:
@@ -589,7 +585,7 @@ class ChatTemplate:
             for chunk in self._template.generate(**context):
                 total += len(chunk)
                 if total > MAX_OUTPUT:
-                    raise _TooBig(f"{_mib(MAX_OUTPUT)} of text")
+                    raise _TooBig(f"{format_memory(MAX_OUTPUT)} of text")
                 parts.append(chunk)
             return "".join(parts)
         except _TooBig as e:

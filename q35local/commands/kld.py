@@ -16,6 +16,7 @@ import numpy as np
 from q35local.base.errors import InputError
 from q35local.base.files import read_text
 from q35local.base.limits import KLD_TOKENS, KLD_WINDOW
+from q35local.base.units import format_size
 from q35local.base.validate import int_arg
 
 DEFAULT_TEXT = Path(str(files("q35local.assets"))) / "kld-text.txt"
@@ -132,6 +133,6 @@ def run_kld(args: argparse.Namespace) -> int:
         print(f"  mean KLD        {st.mean_kld:.5f}")
         print(f"  99.9% KLD       {st.p999_kld:.5f}")
         print(f"  top-1 agreement {st.top1_agreement:.2%}")
-        print(f"  size            {size_q / 2**20:,.1f} MiB ({size_q / size_b:.1%} of base)")
+        print(f"  size            {format_size(size_q)} ({size_q / size_b:.1%} of base)")
     sys.stdout.flush()
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from q35local.base.limits import CTX, DEFAULT_CTX, MAX_TOKENS, SEED, TEMPERATURE, THREADS
@@ -56,9 +57,9 @@ def run_run(args: argparse.Namespace) -> int:
     n_ctx = context_for(profile, args.model, args.ctx)
     engine = open_engine(args.model, mmproj, n_ctx, profile, threads=args.threads, verbose=args.verbose)
     try:
-        sampling = recommended(args.think).with_(max_tokens=args.max_tokens, seed=args.seed)
+        sampling = replace(recommended(args.think), max_tokens=args.max_tokens, seed=args.seed)
         if args.temperature is not None:
-            sampling = sampling.with_(temperature=args.temperature)
+            sampling = replace(sampling, temperature=args.temperature)
         session = ChatSession(
             engine, None, template_for(engine), think=args.think, sampling=sampling, system=args.system
         )

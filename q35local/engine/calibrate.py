@@ -14,6 +14,7 @@ from rich.console import Console
 
 from q35local.base.errors import InputError
 from q35local.base.files import read_json, write_atomically
+from q35local.base.units import MiB
 from q35local.base.validate import number
 from q35local.engine.sampling import Sampling
 from q35local.machine.hardware import Hardware
@@ -98,7 +99,7 @@ def _read_cache(path: Path) -> _Cache | None:
         return None
     fix = "; delete it, or run q35 fit --calibrate to measure again"
     try:
-        data = read_json(path, "no calibration cache", limit=1 << 20)
+        data = read_json(path, "no calibration cache", limit=1 * MiB)
         machines = data.get("machines", {})
         if not isinstance(machines, dict):
             raise InputError(path, f"machines: expected an object, got {type(machines).__name__}")

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import psutil
+from gguf import Keys
 from llama_cpp import llama_cpp
 
 from q35local.base.prefetch import prefetch
@@ -159,10 +160,11 @@ class LlamaEngine:
         from q35local.model.profile import from_gguf
 
         llamalog.capture()
-        profile = profile or from_gguf(Path(model_path))
+        profile = profile or from_gguf(Path(model_path))  # (from_gguf is the checked header read)
         self._lp = model_params(plan, progress=progress, extra_bufts=extra_bufts)
         # load_model's pointer is a plain int; llama.cpp's bindings type it as llama_model_p
-        model = self._model = llama_cpp.llama_model_p(load_model(Path(model_path), self._lp))
+        ptr = load_model(Path(model_path), self._lp, header_checked=profile.source == str(model_path))
+        model = self._model = llama_cpp.llama_model_p(ptr)
         self._vocab = llama_cpp.llama_model_get_vocab(model)
         threads = n_threads or psutil.cpu_count(logical=False) or os.cpu_count() or 1
         cp = context_params(n_ctx, threads=threads)
@@ -182,7 +184,7 @@ class LlamaEngine:
             n_ctx=self.n_ctx,
             has_vision=self.vision is not None,
             layout=layout,
-            chat_template=self._meta("tokenizer.chat_template"),
+            chat_template=self._meta(Keys.Tokenizer.CHAT_TEMPLATE),
         )
 
     @property

@@ -89,14 +89,16 @@ def extra_bufts_allowed() -> bool:
     return extra_bufts_safe(installed_features(), read_record(), library_identity(cpu_library()))
 
 
-def load_model(path: Path, lp: LoadParams) -> int:
+def load_model(path: Path, lp: LoadParams, *, header_checked: bool = False) -> int:
     """llama_model pointer, or an InputError naming the file: our header check first (it refuses
-    what would make llama.cpp abort, such as a general.alignment of the wrong type), then llama.cpp's
-    own reason, from its log, when it still refuses the file."""
+    what would make llama.cpp abort, such as a general.alignment of the wrong type), unless the
+    caller's profile came from that check already (`header_checked`: a start reads the header once),
+    then llama.cpp's own reason, from its log, when it still refuses the file."""
     from q35local.engine import llamalog
     from quantize.gguf_read import read_gguf
 
-    read_gguf(Path(path))
+    if not header_checked:
+        read_gguf(Path(path))
     llamalog.capture()
     mark = llamalog.mark()
     model = llama_cpp.llama_model_load_from_file(str(path).encode(), lp.params)

@@ -33,23 +33,22 @@ from quantize.names import BLOCK, RECURRENT_LAYERS, stem, tensor_name
 if TYPE_CHECKING:  # imported when used: the converter's planning is loaded only for checkpoints
     from quantize.convert import ConvertResult
 
-MiB = 1 << 20
 MAX_LAYERS = 4096  # Qwen3.5-397B has 60; a header claiming more is not planned (or looped over)
-# routed experts, stacked (_exps) or chunked (_chexps): what --n-cpu-moe keeps in RAM
-EXPERTS = re.compile(
-    "|".join(
-        re.escape(f".{stem(t)}.")
-        for t in (
-            MT.FFN_UP_EXP,
-            MT.FFN_DOWN_EXP,
-            MT.FFN_GATE_EXP,
-            MT.FFN_GATE_UP_EXP,
-            MT.FFN_UP_CHEXP,
-            MT.FFN_DOWN_CHEXP,
-            MT.FFN_GATE_CHEXP,
-        )
+# routed experts, stacked (_exps) or chunked (_chexps): what --n-cpu-moe keeps in RAM (and what the
+# planner's tensor override names)
+EXPERT_STEMS = tuple(
+    stem(t)
+    for t in (
+        MT.FFN_UP_EXP,
+        MT.FFN_DOWN_EXP,
+        MT.FFN_GATE_EXP,
+        MT.FFN_GATE_UP_EXP,
+        MT.FFN_UP_CHEXP,
+        MT.FFN_DOWN_CHEXP,
+        MT.FFN_GATE_CHEXP,
     )
 )
+EXPERTS = re.compile("|".join(re.escape(f".{s}.") for s in EXPERT_STEMS))
 _OUTPUT, _TOKEN_EMBD = tensor_name(MT.OUTPUT), tensor_name(MT.TOKEN_EMBD)
 # bytes per element of the KV cache types llama.cpp offers (-ctk/-ctv)
 KV_TYPE_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q5_1": 24 / 32, "q5_0": 22 / 32,

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 from q35local.base.units import GiB, MiB, format_memory
 from q35local.machine.spec import Device, Hardware
-from q35local.model.profile import ModelProfile
+from q35local.model.profile import EXPERT_STEMS, ModelProfile
 
 CUDA_OVERHEAD = 400 * MiB  # the CUDA context and cuBLAS workspace: allocated before any weight
 
@@ -94,7 +94,7 @@ class Plan:
 def experts_regex(layers: list[int]) -> str:
     """One regex for the routed-expert tensors of these layers (llama.cpp searches tensor names)."""
     alt = "|".join(str(i) for i in sorted(layers))
-    return rf"blk\.({alt})\.ffn_(up|down|gate|gate_up)_(ch|)exps"
+    return rf"blk\.({alt})\.({'|'.join(EXPERT_STEMS)})\."
 
 
 def compute_bytes(m: ModelProfile, s: Settings, with_output: bool) -> int:
