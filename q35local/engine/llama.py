@@ -25,6 +25,7 @@ from llama_cpp import llama_cpp
 
 from q35local.base.prefetch import prefetch
 from q35local.engine.sampling import Sampling
+from q35local.engine.snapshots import DEFAULT_BUDGET, Snapshots, boundaries
 from q35local.engine.vision import Vision
 
 DEFAULT_SAMPLING = Sampling()
@@ -99,9 +100,11 @@ class Engine(Protocol):
 class LlamaEngine:
     """A GGUF loaded through llama.cpp's low-level API with the planner's layout.
 
-    The context keeps the tokens of the last turn: when the next prompt extends them exactly (the
-    usual chat turn), only the new tokens are evaluated. DeltaNet state cannot be rolled back
-    partially, so any other prompt clears the context and starts over.
+    The context keeps the tokens of the last turn: when the next prompt extends them exactly, only the
+    new tokens are evaluated. DeltaNet state cannot be rolled back, so while a prompt is evaluated the
+    recurrent state is snapshotted at each message boundary (engine/snapshots.py); a prompt that
+    diverges (the usual chat turn: the template re-renders the last reply) restores the longest
+    snapshot that is its prefix, cuts the attention KV back to it, and evaluates only the rest.
 
     Every llama.cpp call runs on one thread the engine owns. ggml's CPU backend keeps an OpenMP
     team per calling thread, and an idle team spins: decoding from a second thread (a UI worker after
@@ -126,10 +129,14 @@ class LlamaEngine:
         layout: str = "CPU only",
         profile: ModelProfile | None = None,
         extra_bufts: bool | None = None,
+        snapshot_budget: int = DEFAULT_BUDGET,
     ) -> None:
         """`profile` is the model's header as the caller already read it (for planning); without
         one, the engine reads it. `extra_bufts` forces llama.cpp's repacked/AMX weight buffers on or
-        off (the setup self-test forces them on); None lets the loader decide by the build."""
+        off (the setup self-test forces them on); None lets the loader decide by the build.
+        `snapshot_budget`: bytes of recurrent-state snapshots kept (0: none, every divergence
+        evaluates the prompt again)."""
+        self.snapshots = Snapshots(snapshot_budget)
         self._exec: ThreadPoolExecutor | None = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
         # llama.cpp's handles: None before the load and after close (then they would be freed memory)
         self._model: llama_cpp.llama_model_p | None = None
@@ -176,6 +183,8 @@ class LlamaEngine:
         if mmproj is not None:
             self.vision = Vision(self, mmproj, n_threads=threads)
         self.tokens = []
+        self._end_of_message = self._single_token("<|im_end|>")
+        self._newline = self._single_token("\n")
         self.last_stats = GenStats()
         self.info = EngineInfo(
             model_path=str(model_path),
@@ -246,9 +255,40 @@ class LlamaEngine:
             n = llama_cpp.llama_token_to_piece(self.vocab, tok, buf, len(buf), 0, False)
         return buf.raw[:n]
 
+    def _single_token(self, text: str) -> int | None:
+        toks = self.tokenize(text)
+        return toks[0] if len(toks) == 1 else None
+
     def _clear(self) -> None:
         llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx), True)
         self.tokens = []
+        self.snapshots.clear()  # their attention KV is gone with the rest
+
+    def _snapshot(self) -> None:
+        """Keep the recurrent state after the tokens the context holds now (sequence 0)."""
+        flags = llama_cpp.LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY
+        size = llama_cpp.llama_state_seq_get_size_ext(self.ctx, 0, flags)
+        buf = (ctypes.c_uint8 * size)()
+        if llama_cpp.llama_state_seq_get_data_ext(self.ctx, buf, size, 0, flags) == size:
+            self.snapshots.add(self.tokens, bytes(buf))
+
+    def _restore(self, toks: list[int]) -> int:
+        """Bring the context to the longest snapshot that is a prefix of `toks`; the number of tokens
+        it holds then (0: nothing fits, the context is cleared)."""
+        snap = self.snapshots.best(self.tokens, toks)
+        if snap is not None:
+            n = len(snap.tokens)
+            buf = (ctypes.c_uint8 * len(snap.data)).from_buffer_copy(snap.data)
+            flags = llama_cpp.LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY
+            mem = llama_cpp.llama_get_memory(self.ctx)
+            restored = llama_cpp.llama_state_seq_set_data_ext(self.ctx, buf, len(buf), 0, flags) == len(buf)
+            # the attention KV past the snapshot goes; the recurrent state is the snapshot's
+            if restored and llama_cpp.llama_memory_seq_rm(mem, 0, n, -1):
+                self.tokens = list(snap.tokens)
+                self.snapshots.keep_prefixes_of(self.tokens)
+                return n
+        self._clear()
+        return 0
 
     def _decode(self, toks: list[int]) -> None:
         for i in range(0, len(toks), self.n_batch):
@@ -299,9 +339,12 @@ class LlamaEngine:
             raise EngineError(f"the prompt is {len(toks)} tokens; the context holds {self.n_ctx}")
         n = len(self.tokens)
         if not (n and n < len(toks) and toks[:n] == self.tokens):
-            self._clear()
-            n = 0
-        self._decode(toks[n:])
+            n = self._restore(toks)
+        if self._end_of_message is not None:
+            for cut in boundaries(toks, n, self._end_of_message, self._newline):
+                self._decode(toks[len(self.tokens) : cut])
+                self._snapshot()
+        self._decode(toks[len(self.tokens) :])
         return len(toks), len(toks) - n
 
     def generate(

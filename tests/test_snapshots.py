@@ -1,0 +1,183 @@
+"""Follow-up turns evaluate only what is new: recurrent-state snapshots at message boundaries,
+restored exactly (logits equal a fresh evaluation of the whole prompt on an F32 GGUF)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import gguf_for
+from llama_cpp import llama_cpp
+
+from q35local.chat.session import ChatSession, Event, Message
+from q35local.chat.template import template_for
+from q35local.engine.llama import LlamaEngine
+from q35local.engine.sampling import recommended
+from q35local.engine.snapshots import Snapshots, boundaries
+
+END, NL = 9, 8  # stand-ins for <|im_end|> and "\n" in the pure tests
+
+
+# --- the bookkeeping (pure) ---
+
+
+def test_the_longest_snapshot_that_is_a_prefix_of_both_wins() -> None:
+    s = Snapshots(budget=1 << 20)
+    s.add([1, 2], b"a")
+    s.add([1, 2, 3, 4], b"b")
+    s.add([1, 5], b"c")
+    held = [1, 2, 3, 4, 7]
+    hit = s.best(held, [1, 2, 3, 4, 6, 6])
+    assert hit is not None and hit.tokens == (1, 2, 3, 4)
+    assert s.best(held, [1, 5, 5]) is None  # a prefix of the prompt, but the context moved on past it
+    hit = s.best(held, [1, 2, 3, 4])  # the prompt's last token must be evaluated, for its logits
+    assert hit is not None and hit.tokens == (1, 2)
+    assert s.best(held, [2, 2, 2]) is None
+
+
+def test_the_budget_drops_the_oldest_first() -> None:
+    s = Snapshots(budget=10)
+    for i in range(4):
+        s.add([i], b"xxxx")
+    assert [x.tokens for x in s._items] == [(2,), (3,)] and s.nbytes == 8
+    s.add([9], b"y" * 11)  # larger than the whole budget: not kept, nothing dropped for it
+    assert len(s) == 2
+    s.add([3], b"zz")  # the same prefix again replaces the old one
+    assert [x.tokens for x in s._items] == [(2,), (3,)] and s.nbytes == 6
+
+
+def test_snapshots_past_a_divergence_are_forgotten() -> None:
+    s = Snapshots(budget=100)
+    s.add([1, 2], b"a")
+    s.add([1, 2, 3], b"b")
+    s.keep_prefixes_of([1, 2, 4, 4])
+    assert [x.tokens for x in s._items] == [(1, 2)]
+
+
+def test_boundaries_fall_after_each_end_of_message_and_its_newline() -> None:
+    toks = [1, 2, END, NL, 3, 4, END, NL, 5, END]
+    assert boundaries(toks, 0, END, NL) == [4, 8]  # not at the very end: nothing follows it yet
+    assert boundaries(toks, 4, END, NL) == [8]
+    assert boundaries([1, END, 2], 0, END, None) == [2]
+
+
+# --- the real engine ---
+
+
+@pytest.fixture(scope="module")
+def f32(moe_ckpt: Path) -> Path:
+    return gguf_for(moe_ckpt, "F32")
+
+
+@pytest.fixture
+def engine(f32: Path) -> Iterator[LlamaEngine]:
+    e = LlamaEngine(f32, n_ctx=2048)
+    yield e
+    e.close()
+
+
+def drain(events: Iterator[Event]) -> None:
+    for _ in events:
+        pass
+
+
+def session(engine: LlamaEngine, think: bool) -> ChatSession:
+    sampling = replace(recommended(think), max_tokens=40, seed=1)
+    return ChatSession(engine, None, template_for(engine), think=think, sampling=sampling)
+
+
+def history_end(engine: LlamaEngine, prompt: str) -> int:
+    """Tokens of `prompt` up to the end of its last message (what a follow-up shares with it)."""
+    toks = engine.tokenize(prompt)
+    cuts = boundaries(toks, 0, engine.tokenize("<|im_end|>")[0], engine.tokenize("\n")[0])
+    return cuts[-1] if cuts else 0
+
+
+def logits_after(engine: LlamaEngine, prompt: str) -> tuple[np.ndarray, int]:
+    """The next-token logits once the engine has taken `prompt` its own way, and how many tokens
+    it evaluated for it."""
+
+    def run() -> tuple[np.ndarray, int]:
+        _, evaluated = engine._prefill(prompt, ())
+        n = llama_cpp.llama_vocab_n_tokens(engine.vocab)
+        return np.ctypeslib.as_array(
+            llama_cpp.llama_get_logits_ith(engine.ctx, -1), shape=(n,)
+        ).copy(), evaluated
+
+    return engine._thread().submit(run).result()
+
+
+def fresh_logits(engine: LlamaEngine, prompt: str) -> np.ndarray:
+    engine.reset()
+    got, evaluated = logits_after(engine, prompt)
+    assert evaluated == len(engine.tokenize(prompt))
+    return got
+
+
+@pytest.mark.parametrize("think", [True, False], ids=["thinking", "no-thinking"])
+def test_follow_up_turns_evaluate_only_the_last_reply_and_the_new_message(
+    engine: LlamaEngine, think: bool
+) -> None:
+    s = session(engine, think)
+    drain(s.send("Tell me about the sea."))
+    for i in range(4):
+        shared = history_end(engine, _without_last_reply(s))  # the last prompt, up to its last message
+        drain(s.send(f"And what about river number {i}?"))
+        st = engine.last_stats
+        # at most: the last reply as the template renders it now, the new message, the tokens around
+        assert 0 < st.prefill_tokens <= st.prompt_tokens - shared
+    assert st.prompt_tokens > 3 * st.prefill_tokens  # by turn 5, most of the prompt is history
+
+
+@pytest.mark.parametrize("think", [True, False], ids=["thinking", "no-thinking"])
+def test_restored_state_gives_the_logits_of_a_fresh_evaluation(engine: LlamaEngine, think: bool) -> None:
+    s = session(engine, think)
+    drain(s.send("Tell me about the sea."))
+    drain(s.send("And about rivers?"))
+    s.messages.append(Message(role="user", content="Now lakes, briefly."))
+    prompt = s.render_prompt()
+    got, evaluated = logits_after(engine, prompt)
+    assert 0 < evaluated < len(engine.tokenize(prompt))  # restored, not re-read
+    want = fresh_logits(engine, prompt)
+    assert np.abs(got - want).max() <= 1e-4
+
+
+def test_regenerate_and_edit_restore_exactly(engine: LlamaEngine) -> None:
+    s = session(engine, True)
+    drain(s.send("Tell me about the sea."))
+    drain(s.send("And about rivers?"))
+    drain(s.regenerate())
+    st = engine.last_stats
+    assert st.prefill_tokens < 10  # only the generation prompt after the last message
+    drain(s.edit_last("And about mountains?"))
+    st = engine.last_stats
+    assert st.prefill_tokens < st.prompt_tokens // 2
+    for edited in ("And about deserts?", "And about forests, at length?"):
+        s.messages[-2].content = edited  # the last user message, as an edit leaves it
+        prompt = _without_last_reply(s)
+        got, evaluated = logits_after(engine, prompt)
+        assert 0 < evaluated < len(engine.tokenize(prompt))
+        assert np.abs(got - fresh_logits(engine, prompt)).max() <= 1e-4
+
+
+def _without_last_reply(s: ChatSession) -> str:
+    reply = s.messages.pop()
+    try:
+        return s.render_prompt()
+    finally:
+        s.messages.append(reply)
+
+
+def test_no_budget_means_every_divergence_reads_the_prompt_again(f32: Path) -> None:
+    """The baseline the snapshots are measured against (and proof the stats see the difference)."""
+    e = LlamaEngine(f32, n_ctx=2048, snapshot_budget=0)
+    try:
+        s = session(e, True)
+        drain(s.send("Tell me about the sea."))
+        drain(s.send("And about rivers?"))
+        assert e.last_stats.prefill_tokens == e.last_stats.prompt_tokens
+    finally:
+        e.close()
