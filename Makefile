@@ -48,6 +48,7 @@ bench: setup
 	$(BIN)/python -m bench.convert
 	$(BIN)/python -m bench.dryrun
 	$(BIN)/python -m bench.runtime
+	$(BIN)/python -m bench.followup
 	$(BIN)/python -m bench.cpubuild
 	$(BIN)/python -m bench.checks
 

@@ -21,6 +21,7 @@ COMMANDS = {
     "fit": ("q35local.commands.fit", "add_fit_parser"),
     "chat": ("q35local.commands.chat", "add_chat_parser"),
     "run": ("q35local.commands.run", "add_run_parser"),
+    "serve": ("q35local.commands.serve", "add_serve_parser"),
     "pull": ("q35local.commands.pull", "add_pull_parser"),
     "inspect": ("q35local.commands.inspect", "add_inspect_parser"),
     "kld": ("q35local.commands.kld", "add_kld_parser"),

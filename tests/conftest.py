@@ -30,9 +30,10 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "q35"))
 # suite only, so a new, slow module never lands in the fast tier by default.
 FAST_MODULES = {
     "test_base", "test_chat_session", "test_fuzz_gguf", "test_fuzz_hardware", "test_images", "test_layers",
-    "test_mmproj", "test_planning_inputs", "test_probe", "test_safetensors_header", "test_split",
-    "test_store", "test_streaming", "test_synth", "test_target", "test_template", "test_thinking",
-    "test_tokenizer", "test_tui_keys", "test_tui_snapshots", "test_units",
+    "test_mmproj", "test_planning_inputs", "test_probe", "test_protocol", "test_safetensors_header",
+    "test_server_reply", "test_split", "test_store", "test_streaming", "test_synth", "test_target",
+    "test_template", "test_thinking", "test_tokenizer", "test_tools", "test_tui_keys", "test_tui_snapshots",
+    "test_units",
 }  # fmt: skip
 SLOW_TESTS = {
     "test_probe_fake_nvidia_smi_hangs",  # waits out the probe's timeout

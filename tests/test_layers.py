@@ -14,6 +14,7 @@ LAYERS = [
     "cli",
     "commands",
     "tui",
+    "server",
     "chat",
     "engine",
     "planning",

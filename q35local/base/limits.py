@@ -24,6 +24,7 @@ THREADS = (1, 4096)  # CPU threads for llama.cpp (quantize --threads takes the s
 SEED = (0, (1 << 32) - 2)  # llama.cpp's seed is a uint32, and 0xFFFFFFFF means "random"
 TEMPERATURE = (0.0, 10.0)  # 0 is greedy; past 2 the text is noise already
 PARALLEL = (1, 256)  # sequences (llama-server -np); LLAMA_MAX_SEQ is 256
+PORT = (1, 65535)  # q35 serve --port
 MARGIN_GIB = (0.0, 1024.0)  # GiB kept free per device
 # tokens per evaluation window: logits of a whole window are kept (n_vocab × 4 B each)
 KLD_WINDOW = (16, 4096)

@@ -15,6 +15,7 @@ APP = "q35local"
 # every Q35_* variable q35 reads, with what it sets (README: Settings)
 ENV = {
     "Q35_MODEL": "the GGUF `q35 chat` opens when none is named (default: the demo model)",
+    "Q35_API_KEY": "the key `q35 serve` requires, instead of --api-key (which other users can see)",
     "Q35_HARDWARE": "plan for a described machine instead of this one: a profile name or a TOML/JSON file",
     "Q35_CACHE": "the cache folder (default: $XDG_CACHE_HOME/q35local, else ~/.cache/q35local)",
     "Q35_DATA_DIR": "the data folder: conversations, llama.cpp's log (default: the platform's data folder)",

@@ -7,6 +7,8 @@ decoders are opened: Pillow's EPS/PSD/... plugins are never reached by a pasted 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import re
 import warnings
@@ -83,21 +85,48 @@ def prepare_image(
         raise InputError(
             path, f"image file is {format_size(size)}; the limit is {format_size(max_file_bytes)}"
         )
+    return _open(path, path, min_pixels, max_pixels, max_source_pixels)
+
+
+def prepare_image_bytes(
+    data: bytes,
+    name: str,
+    *,
+    min_pixels: int = 256 * 256,
+    max_pixels: int = 1024 * 1024,
+    max_file_bytes: int = 50 * MB,
+    max_source_pixels: int = MAX_SOURCE_PIXELS,
+) -> PreparedImage:
+    """prepare_image for an image already in memory (a data: URL's bytes); `name` says where it came
+    from (a request's field path) and stands as the origin of every InputError and as its `path`."""
+    if not FACTOR * FACTOR <= min_pixels <= max_pixels:
+        raise ValueError(f"bad pixel budget [{min_pixels}, {max_pixels}]")
+    if len(data) > max_file_bytes:
+        raise InputError(
+            name, f"image is {format_size(len(data))}; the limit is {format_size(max_file_bytes)}"
+        )
+    return _open(Path(name), io.BytesIO(data), min_pixels, max_pixels, max_source_pixels)
+
+
+def _open(
+    origin: Path, source: Path | io.BytesIO, min_pixels: int, max_pixels: int, max_source_pixels: int
+) -> PreparedImage:
+    """Open `source` (a file or bytes) by its header and prepare it; problems are named by `origin`."""
     with warnings.catch_warnings():
         # Pillow warns above ~89 MP; our own limit (checked below, before decoding) is what applies.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            with Image.open(path, formats=FORMATS) as im:
-                return _prepare(path, im, min_pixels, max_pixels, max_source_pixels)
+            with Image.open(source, formats=FORMATS) as im:
+                return _prepare(origin, im, min_pixels, max_pixels, max_source_pixels)
         except UnidentifiedImageError:
-            raise InputError(path, "not an image (or not PNG, JPEG, WebP, GIF, BMP or TIFF)") from None
+            raise InputError(origin, "not an image (or not PNG, JPEG, WebP, GIF, BMP or TIFF)") from None
         except Image.DecompressionBombError:  # above Pillow's own hard limit (~179 MP)
-            claimed = _claimed_size(path)
+            claimed = _claimed_size(source)
             if claimed is None:
-                raise InputError(path, f"image is over {_megapixels(max_source_pixels)}") from None
-            raise _too_big(path, *claimed, max_source_pixels) from None
+                raise InputError(origin, f"image is over {_megapixels(max_source_pixels)}") from None
+            raise _too_big(origin, *claimed, max_source_pixels) from None
         except (OSError, SyntaxError, ValueError, EOFError) as e:
-            raise InputError(path, f"damaged or unreadable image ({' '.join(str(e).split())})") from None
+            raise InputError(origin, f"damaged or unreadable image ({' '.join(str(e).split())})") from None
 
 
 def _prepare(path: Path, im: Image.Image, min_pixels: int, max_pixels: int, max_source: int) -> PreparedImage:
@@ -132,10 +161,11 @@ def _too_big(path: Path, w: int, h: int, limit: int) -> InputError:
     )
 
 
-def _claimed_size(path: Path) -> tuple[int, int] | None:
+def _claimed_size(source: Path | io.BytesIO) -> tuple[int, int] | None:
     """The size in the header, read through the format's plugin directly: Image.open() refuses to
     tell it once it exceeds Pillow's own limit, and the user should hear the actual size."""
-    with open(path, "rb") as f:
+    with open(source, "rb") if isinstance(source, Path) else contextlib.nullcontext(source) as f:
+        f.seek(0)
         prefix = f.read(16)
         for fmt in FORMATS:
             factory, accept = Image.OPEN.get(fmt, (None, None))
@@ -143,7 +173,7 @@ def _claimed_size(path: Path) -> tuple[int, int] | None:
                 continue
             f.seek(0)
             try:
-                return factory(f, str(path)).size
+                return factory(f, str(source) if isinstance(source, Path) else "").size
             except Exception:
                 continue
     return None

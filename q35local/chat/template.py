@@ -26,7 +26,7 @@ import threading
 import time
 import types
 from _collections_abc import dict_items, dict_keys, dict_values  # the types of a dict's views
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
@@ -71,9 +71,11 @@ class ContentPart(TypedDict):
 class ChatMessage(TypedDict):
     """A message as Hugging Face templates take it (and as q35 sends it)."""
 
-    role: str  # "system", "user" or "assistant"
+    role: str  # "system", "user", "assistant" or "tool"
     content: str | list[ContentPart]
     reasoning_content: NotRequired[str]  # the thinking of the last assistant turn
+    tool_calls: NotRequired[list[dict[str, Any]]]  # an assistant's calls, in OpenAI's shape
+    tool_call_id: NotRequired[str]  # a tool message: the call it answers
 
 
 class _Raised(Exception):
@@ -560,9 +562,15 @@ class ChatTemplate:
         return cls.from_string(DEFAULT_TEMPLATE, "built-in chat template")
 
     def render(
-        self, messages: Sequence[ChatMessage], *, enable_thinking: bool, add_generation_prompt: bool = True
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        enable_thinking: bool,
+        add_generation_prompt: bool = True,
+        tools: Sequence[Mapping[str, Any]] | None = None,
     ) -> str:
-        """The prompt for `messages`, within the render budget (RENDER_SECONDS, MAX_OUTPUT)."""
+        """The prompt for `messages` (and the `tools` the model may call, in OpenAI's shape), within
+        the render budget (RENDER_SECONDS, MAX_OUTPUT)."""
         try:
             return self._render(
                 messages=messages,
@@ -570,6 +578,7 @@ class ChatTemplate:
                 enable_thinking=enable_thinking,
                 bos_token="",
                 eos_token="<|im_end|>",
+                **({"tools": list(tools)} if tools else {}),
             )
         except _TimeUp:  # the watchdog's, raised anywhere inside _render (even in its finally)
             raise TemplateError(

@@ -237,6 +237,10 @@ class LlamaEngine:
     def context_used(self) -> int:
         return len(self.tokens)
 
+    def count_tokens(self, text: str) -> int:
+        """The prompt's length in tokens, counted on the engine's thread (after any generation running)."""
+        return len(self._thread().submit(self.tokenize, text).result())
+
     def tokenize(self, text: str) -> list[int]:
         raw = text.encode()
         cap = len(raw) + 16
