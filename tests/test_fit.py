@@ -25,7 +25,15 @@ from q35local.machine.probe import probe
 from q35local.machine.spec import Device, Hardware
 from q35local.model.official import OFFICIAL, PUBLISHED_PARAMS, official_profile, spec_params
 from q35local.model.profile import EXPERT_STEMS, from_checkpoint, from_gguf
-from q35local.planning.planner import Plan, Settings, experts_regex, plan
+from q35local.planning.planner import (
+    SNAPSHOT_CAP,
+    SNAPSHOTS,
+    Plan,
+    Settings,
+    experts_regex,
+    plan,
+    snapshot_budget,
+)
 from q35local.planning.speed import estimate
 
 
@@ -48,7 +56,21 @@ def test_planned_memory_matches_llama_cpp(request: pytest.FixtureRequest, which:
     assert host.weights == pytest.approx(got["model"], rel=0.002)  # exact up to the log's 0.01 MiB
     assert host.kv == pytest.approx(got["KV"], rel=0.01)
     assert host.recurrent == pytest.approx(got["RS"], abs=0.01 * MiB)
-    assert host.planned_bytes == pytest.approx(sum(got.values()), rel=0.05)
+    # what llama.cpp allocates; the snapshots are q35's own (engine/snapshots.py), planned beside them
+    assert host.planned_bytes - host.snapshots == pytest.approx(sum(got.values()), rel=0.05)
+    assert host.snapshots == snapshot_budget(m) == min(SNAPSHOT_CAP, SNAPSHOTS * host.recurrent)
+
+
+def test_conversation_snapshots_are_planned_per_sequence_within_their_cap() -> None:
+    for name in ("Qwen3.5-0.8B", "Qwen3.5-397B-A17B"):
+        m = official_profile(name, "Q4_K_M")
+        one = plan(m, PROFILES["cpu-desktop-64"], Settings(n_seq=1)).devices[-1]
+        four = plan(m, PROFILES["cpu-desktop-64"], Settings(n_seq=4)).devices[-1]
+        assert 0 < one.snapshots <= SNAPSHOT_CAP and four.snapshots == 4 * one.snapshots
+        assert one.planned_bytes - one.snapshots == (
+            one.weights + one.kv + one.recurrent + one.compute + one.mmproj
+        )
+    assert one.snapshots == SNAPSHOT_CAP  # the 397B's 32 snapshots would be over the cap
 
 
 def test_kv_only_for_full_attention_layers(moe_ckpt: Path) -> None:

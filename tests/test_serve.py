@@ -176,6 +176,25 @@ def test_an_image_as_a_data_url_goes_through_the_projector(client: openai.OpenAI
     assert image.usage.prompt_tokens > text.usage.prompt_tokens + 4  # the image's positions
 
 
+def test_a_conversation_that_opened_with_an_image_reuses_it(client: openai.OpenAI) -> None:
+    first = {
+        "role": "user",
+        "content": [
+            {"type": "image_url", "image_url": {"url": _png_data_url((80, 120))}},
+            {"type": "text", "text": "What is in this picture?"},
+        ],
+    }
+    messages: list[dict[str, Any]] = [first]
+    previous = None
+    for turn in range(3):
+        answer, _, usage = _stream_turn(client, messages, max_tokens=16, seed=turn)
+        assert usage is not None
+        if previous is not None:  # the image and everything up to the last message: not read again
+            assert usage.prompt_tokens_details.cached_tokens >= previous.prompt_tokens - 8
+        previous = usage
+        messages += [{"role": "assistant", "content": answer}, {"role": "user", "content": f"And {turn}?"}]
+
+
 def test_two_clients_at_once_are_both_answered(server: str) -> None:
     results: list[Any] = []
 

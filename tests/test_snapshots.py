@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from conftest import gguf_for
 from llama_cpp import llama_cpp
+from PIL import Image
 
 from q35local.chat.session import ChatSession, Event, Message
 from q35local.chat.template import template_for
@@ -169,6 +170,67 @@ def _without_last_reply(s: ChatSession) -> str:
         return s.render_prompt()
     finally:
         s.messages.append(reply)
+
+
+@pytest.fixture
+def vision_engine(f32: Path) -> Iterator[LlamaEngine]:
+    mmproj = f32.with_name(f32.name.removesuffix(".gguf") + ".mmproj.gguf")
+    assert mmproj.is_file()
+    e = LlamaEngine(f32, mmproj=mmproj, n_ctx=2048)
+    yield e
+    e.close()
+
+
+def picture(path: Path) -> Path:
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_an_image_is_encoded_once_per_conversation(vision_engine: LlamaEngine, tmp_path: Path) -> None:
+    e = vision_engine
+    s = session(e, True)
+    drain(s.send("What is this?", [picture(tmp_path / "pic.png")]))
+    first = e.last_stats
+    assert first.prefill_tokens == first.prompt_tokens  # the image's positions included
+    for i in range(3):
+        shared = history_end(e, _without_last_reply(s))
+        drain(s.send(f"And what about river number {i}?"))
+        st = e.last_stats
+        # the image lies in the shared history: neither it nor the text around it is read again
+        assert 0 < st.prefill_tokens <= st.prompt_tokens - shared + _image_positions(e, s)
+
+
+def _image_positions(e: LlamaEngine, s: ChatSession) -> int:
+    """Positions the image takes beyond the one token its span tokenizes to in text (history_end
+    counts text tokens)."""
+    images = [img.rgb for m in s.messages for img in m.images]
+    assert e.vision is not None
+    with e.vision.tokenize(s.render_prompt(), images) as t:
+        return sum(len(p.key) for p in t.parts if p.kind == "image")
+
+
+def test_restored_state_after_an_image_gives_the_logits_of_a_fresh_evaluation(
+    vision_engine: LlamaEngine, tmp_path: Path
+) -> None:
+    e = vision_engine
+    s = session(e, False)
+    drain(s.send("What is this?", [picture(tmp_path / "pic.png")]))
+    s.messages.append(Message(role="user", content="Describe it again, briefly."))
+    prompt = s.render_prompt()
+    images = [img.rgb for m in s.messages for img in m.images]
+
+    def run() -> tuple[np.ndarray, int]:
+        total, evaluated = e._prefill(prompt, images)
+        n = llama_cpp.llama_vocab_n_tokens(e.vocab)
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(e.ctx, -1), shape=(n,))
+        return logits.copy(), total - evaluated
+
+    got, cached = e._thread().submit(run).result()
+    assert cached > _image_positions(e, s)  # restored past the image
+    e.reset()
+    want, cached = e._thread().submit(run).result()
+    assert cached == 0
+    assert np.abs(got - want).max() <= 1e-4
 
 
 def test_no_budget_means_every_divergence_reads_the_prompt_again(f32: Path) -> None:

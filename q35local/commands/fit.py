@@ -23,7 +23,7 @@ from q35local.machine.probe import disk_read_speed
 from q35local.machine.spec import Hardware
 from q35local.model.official import OFFICIAL, lookup, official_profiles
 from q35local.model.profile import ModelProfile, default_mmproj, from_checkpoint, from_gguf
-from q35local.planning.planner import Plan, Settings, plan, ram_need
+from q35local.planning.planner import SNAPSHOT_CAP, SNAPSHOTS, Plan, Settings, plan, ram_need
 from q35local.planning.speed import Estimate, estimate
 from quantize.gguf_read import read_gguf
 
@@ -283,6 +283,13 @@ def print_report(
         "[dim]G = GiB, M = MiB; state = DeltaNet recurrent state; usable = free memory (on a Mac "
         f"the GPU's working-set cap); {format_memory(p.settings.margin)} kept free on each[/]"
     )
+    snaps = p.devices[-1].snapshots
+    if snaps:
+        console.print(
+            f"  conversation state: {format_memory(snaps)} of DeltaNet snapshots in RAM (in its planned; "
+            f"up to {SNAPSHOTS} per sequence, at most {format_memory(SNAPSHOT_CAP)}): a follow-up turn "
+            "reads only what is new"
+        )
     for d in p.devices:
         if d.kind == "cpu":
             parts = ["token embedding"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import ctypes
+import itertools
 import os
 import threading
 import time
@@ -26,7 +27,7 @@ from llama_cpp import llama_cpp
 from q35local.base.prefetch import prefetch
 from q35local.engine.sampling import Sampling
 from q35local.engine.snapshots import DEFAULT_BUDGET, Snapshots, boundaries
-from q35local.engine.vision import Vision
+from q35local.engine.vision import Part, Vision
 
 DEFAULT_SAMPLING = Sampling()
 
@@ -142,6 +143,7 @@ class LlamaEngine:
         self._model: llama_cpp.llama_model_p | None = None
         self._ctx: llama_cpp.llama_context_p | None = None
         self._vocab: llama_cpp.llama_vocab_p | None = None
+        self._batch: llama_cpp.llama_batch | None = None
         self.vision: Vision | None = None
         args = (model_path, mmproj, n_ctx, plan, n_threads, progress, layout, profile, extra_bufts)
         try:
@@ -176,6 +178,7 @@ class LlamaEngine:
         threads = n_threads or psutil.cpu_count(logical=False) or os.cpu_count() or 1
         cp = context_params(n_ctx, threads=threads)
         self.n_batch = cp.n_batch
+        self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         ctx = self._ctx = llama_cpp.llama_init_from_model(model, cp)
         if not ctx:
             raise EngineError(f"llama.cpp could not create a {n_ctx}-token context (out of memory?)")
@@ -294,11 +297,22 @@ class LlamaEngine:
         self._clear()
         return 0
 
-    def _decode(self, toks: list[int]) -> None:
+    def _decode(self, toks: Sequence[int]) -> None:
+        """Evaluate `toks` after what the context holds, at explicit positions: after an image, Qwen's
+        M-RoPE positions run ahead of the cells' (mtmd advances them by the image's grid)."""
+        batch = self._batch
+        assert batch is not None
         for i in range(0, len(toks), self.n_batch):
             chunk = toks[i : i + self.n_batch]
-            arr = (llama_cpp.llama_token * len(chunk))(*chunk)
-            rc = llama_cpp.llama_decode(self.ctx, llama_cpp.llama_batch_get_one(arr, len(chunk)))
+            pos0 = len(self.tokens)
+            for j, tok in enumerate(chunk):
+                batch.token[j] = tok
+                batch.pos[j] = pos0 + j  # type: ignore[call-overload]  # (the binding annotates pos as 2-D)
+                batch.n_seq_id[j] = 1
+                batch.seq_id[j][0] = 0
+                batch.logits[j] = j == len(chunk) - 1
+            batch.n_tokens = len(chunk)
+            rc = llama_cpp.llama_decode(self.ctx, batch)
             if rc != 0:
                 self._clear()
                 raise EngineError(f"llama.cpp could not evaluate the prompt (llama_decode returned {rc})")
@@ -332,24 +346,60 @@ class LlamaEngine:
         if images:
             if self.vision is None:
                 raise EngineError("this model has no vision projector (mmproj): load one with --mmproj")
-            self._clear()
-            n_past = self.vision.eval_prompt(self, prompt, list(images), 0)
-            # positions, not tokens, after images (M-RoPE); remember a placeholder so the next turn
-            # never mistakes this context for a text prefix
-            self.tokens = [-1] * n_past
-            return n_past, n_past
+            with self.vision.tokenize(prompt, list(images)) as tokenized:
+                return self._prefill_parts(tokenized.parts)
         toks = self.tokenize(prompt)
-        if len(toks) >= self.n_ctx:
-            raise EngineError(f"the prompt is {len(toks)} tokens; the context holds {self.n_ctx}")
-        n = len(self.tokens)
-        if not (n and n < len(toks) and toks[:n] == self.tokens):
-            n = self._restore(toks)
-        if self._end_of_message is not None:
-            for cut in boundaries(toks, n, self._end_of_message, self._newline):
-                self._decode(toks[len(self.tokens) : cut])
-                self._snapshot()
-        self._decode(toks[len(self.tokens) :])
+        n = self._resume(toks)
+        self._evaluate_text(toks, len(toks))
         return len(toks), len(toks) - n
+
+    def _resume(self, key: Sequence[int]) -> int:
+        """Bring the context to the longest state that `key` (a prompt's tokens, images as their
+        keys) extends; the positions it holds then."""
+        if len(key) >= self.n_ctx:
+            raise EngineError(f"the prompt is {len(key)} tokens; the context holds {self.n_ctx}")
+        n = len(self.tokens)
+        if n and n < len(key) and list(key[:n]) == self.tokens:
+            return n
+        return self._restore(list(key))
+
+    def _evaluate_text(self, key: Sequence[int], end: int) -> None:
+        """Evaluate key[len(self.tokens):end] (text), snapshotting at each message boundary."""
+        start = len(self.tokens)
+        if self._end_of_message is not None:
+            for cut in boundaries(key[:end], start, self._end_of_message, self._newline):
+                self._decode(key[len(self.tokens) : cut])
+                self._snapshot()
+        self._decode(key[len(self.tokens) : end])
+
+    def _prefill_parts(self, parts: Sequence[Part]) -> tuple[int, int]:
+        """A multimodal prompt: restored like a text one (an image's positions are keyed by its
+        pixels), so an image already in the context is not encoded again; a state is kept after
+        each image."""
+        key = [k for p in parts for k in p.key]
+        n = self._resume(key)
+        ends = list(itertools.accumulate(len(p.key) for p in parts))
+        if any(e - len(p.key) < n < e for p, e in zip(parts, ends, strict=True) if p.kind == "image"):
+            self._clear()  # (never inside an image: states are kept at chunk ends and message boundaries)
+            n = 0
+        for p, end in zip(parts, ends, strict=True):
+            if end <= len(self.tokens):
+                continue
+            if p.kind == "text":
+                self._evaluate_text(key, end)
+                continue
+            assert self.vision is not None
+            try:
+                after = self.vision.eval_image(self, p, len(self.tokens))
+            except RuntimeError as e:
+                self._clear()
+                raise EngineError(str(e)) from None
+            if after != end:  # mtmd's positions and the key must agree, or restores would be wrong
+                self._clear()
+                raise EngineError(f"mtmd placed the image at positions up to {after}, expected {end}")
+            self.tokens.extend(p.key)
+            self._snapshot()
+        return len(key), len(key) - n
 
     def generate(
         self,
@@ -422,6 +472,9 @@ class LlamaEngine:
             self.vision.close()
             self.vision = None
         self._vocab = None  # the model's: freed with it
+        if self._batch is not None:
+            llama_cpp.llama_batch_free(self._batch)
+            self._batch = None
         if self._ctx:
             llama_cpp.llama_free(self._ctx)
             self._ctx = None

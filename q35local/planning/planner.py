@@ -18,6 +18,10 @@ from q35local.machine.spec import Device, Hardware
 from q35local.model.profile import EXPERT_STEMS, ModelProfile
 
 CUDA_OVERHEAD = 400 * MiB  # the CUDA context and cuBLAS workspace: allocated before any weight
+# conversation state (engine/snapshots.py): recurrent-state snapshots kept in RAM per sequence, enough
+# for the message boundaries of the recent turns, and never more than SNAPSHOT_CAP
+SNAPSHOTS = 32
+SNAPSHOT_CAP = 1 * GiB
 
 
 @dataclass(frozen=True)
@@ -42,12 +46,13 @@ class DevicePlan:
     recurrent: int = 0
     compute: int = 0
     mmproj: int = 0
+    snapshots: int = 0  # conversation state kept in RAM (host only)
     layers: list[int] = field(default_factory=list)  # whole layers (attention/DeltaNet part) here
     expert_layers: list[int] = field(default_factory=list)  # layers whose routed experts are here
 
     @property
     def planned_bytes(self) -> int:
-        return self.weights + self.kv + self.recurrent + self.compute + self.mmproj
+        return self.weights + self.kv + self.recurrent + self.compute + self.mmproj + self.snapshots
 
 
 @dataclass
@@ -151,12 +156,20 @@ def plan(m: ModelProfile, hw: Hardware, s: Settings) -> Plan:
     return best
 
 
-def _host(hw: Hardware) -> DevicePlan:
-    return DevicePlan("RAM", "cpu", hw.ram_total, hw.usable_ram())
+def snapshot_budget(m: ModelProfile) -> int:
+    """Bytes of recurrent-state snapshots one sequence keeps: SNAPSHOTS of them (each the size of the
+    sequence's DeltaNet state: it does not grow with the context), at most SNAPSHOT_CAP."""
+    return min(SNAPSHOT_CAP, SNAPSHOTS * m.recurrent_bytes(1))
+
+
+def _host(hw: Hardware, m: ModelProfile, s: Settings) -> DevicePlan:
+    host = DevicePlan("RAM", "cpu", hw.ram_total, hw.usable_ram())
+    host.snapshots = snapshot_budget(m) * s.n_seq
+    return host
 
 
 def _plan_cpu(m: ModelProfile, hw: Hardware, s: Settings) -> Plan:
-    host = _host(hw)
+    host = _host(hw, m, s)
     host.weights = m.weights
     host.kv = m.kv_bytes(s.n_ctx, s.n_seq, s.kv_type)
     host.recurrent = m.recurrent_bytes(s.n_seq)
@@ -202,7 +215,7 @@ def _split_layers(costs: list[int], caps: list[int], tail: int) -> list[list[int
 
 def _plan_gpu(m: ModelProfile, hw: Hardware, s: Settings, n_cpu: int) -> Plan:
     gpus = list(hw.devices)
-    host = _host(hw)
+    host = _host(hw, m, s)
     caps = [_gpu_capacity(hw, d, s) for d in gpus]
     mm = m.mmproj_bytes if s.mmproj else 0
     caps[0] -= mm
