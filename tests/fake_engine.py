@@ -9,10 +9,12 @@ another thread (the TUI).
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -75,6 +77,22 @@ class FakeEngine:
 
     def context_used(self) -> int:
         return self._used
+
+    def save_state(self, path: Path) -> int:
+        """The scripted engine's whole state is its context count."""
+        if not self._used:
+            return 0
+        data = json.dumps({"used": self._used}).encode()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return len(data)
+
+    def load_state(self, path: Path) -> bool:
+        try:
+            self._used = int(json.loads(path.read_bytes())["used"])
+        except (OSError, ValueError, KeyError):
+            return False
+        return True
 
     def _next_script(self) -> list[Piece]:
         if not self.scripts:

@@ -3,6 +3,7 @@ restored exactly (logits equal a fresh evaluation of the whole prompt on an F32 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -14,6 +15,7 @@ from llama_cpp import llama_cpp
 from PIL import Image
 
 from q35local.chat.session import ChatSession, Event, Message
+from q35local.chat.store import Store
 from q35local.chat.template import template_for
 from q35local.engine.llama import LlamaEngine
 from q35local.engine.sampling import recommended
@@ -83,6 +85,9 @@ def engine(f32: Path) -> Iterator[LlamaEngine]:
 def drain(events: Iterator[Event]) -> None:
     for _ in events:
         pass
+
+
+SAMPLING = replace(recommended(True), max_tokens=40, seed=1)
 
 
 def session(engine: LlamaEngine, think: bool) -> ChatSession:
@@ -243,3 +248,86 @@ def test_no_budget_means_every_divergence_reads_the_prompt_again(f32: Path) -> N
         assert e.last_stats.prefill_tokens == e.last_stats.prompt_tokens
     finally:
         e.close()
+
+
+# --- saved beside a stored conversation (`q35 chat --resume`) ---
+
+
+def resumed(engine: LlamaEngine, store: Store, conv: int) -> ChatSession:
+    return ChatSession(
+        engine, store, template_for(engine), think=True, sampling=SAMPLING, conversation_id=conv
+    )
+
+
+def test_a_resumed_conversation_reads_only_what_is_new(f32: Path, tmp_path: Path) -> None:
+    store = Store(tmp_path / "chats.sqlite3")
+    first = LlamaEngine(f32, n_ctx=2048)
+    try:
+        s = ChatSession(first, store, template_for(first), think=True, sampling=SAMPLING)
+        drain(s.send("Tell me about the sea."))
+        drain(s.send("And about rivers?"))
+        assert s.save_state() > 0
+        conv = s.conversation_id
+        assert conv is not None
+        saved = store.state_path(conv, first.info.identity)
+        assert saved.is_file()
+    finally:
+        first.close()
+    again = LlamaEngine(f32, n_ctx=2048)  # as after a restart
+    try:
+        s = ChatSession(
+            again, store, template_for(again), think=True, sampling=SAMPLING, conversation_id=conv
+        )
+        shared = history_end(again, _without_last_reply(s))
+        s.messages.append(Message(role="user", content="Now lakes, briefly."))
+        prompt = s.render_prompt()
+        s.messages.pop()
+        assert again.load_state(saved)
+        got, evaluated = logits_after(again, prompt)
+        assert 0 < evaluated <= len(again.tokenize(prompt)) - shared  # the history was not read again
+        assert np.abs(got - fresh_logits(again, prompt)).max() <= 1e-4
+        # and through the session, which loads it by itself at the first turn
+        again.reset()
+        s2 = ChatSession(
+            again, store, template_for(again), think=True, sampling=SAMPLING, conversation_id=conv
+        )
+        drain(s2.send("Now lakes, briefly."))
+        assert again.last_stats.prefill_tokens < again.last_stats.prompt_tokens // 2
+    finally:
+        again.close()
+        store.close()
+
+
+def test_a_damaged_or_foreign_state_file_is_ignored(engine: LlamaEngine, tmp_path: Path) -> None:
+    s = session(engine, True)
+    drain(s.send("Tell me about the sea."))
+    path = tmp_path / "s.q35state"
+    assert engine.save_state(path) > 0
+    whole = path.read_bytes()
+    for bad in (whole[:-1], whole + b"x", b"junk", whole.replace(engine.info.identity.encode(), b"0" * 64)):
+        path.write_bytes(bad)
+        engine.reset()
+        assert not engine.load_state(path) and engine.context_used() == 0
+    path.write_bytes(whole)
+    assert engine.load_state(path) and engine.context_used() > 0
+
+
+def test_saved_states_stay_within_their_disk_budget(tmp_path: Path) -> None:
+    store = Store(tmp_path / "chats.sqlite3")
+    try:
+        paths = [store.state_path(i, "a" * 64) for i in range(1, 5)]
+        for i, p in enumerate(paths):
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(b"x" * 100)
+            os.utime(p, (1000 + i, 1000 + i))
+        other_model = store.state_path(4, "b" * 64)
+        other_model.write_bytes(b"y" * 10)
+        store.prune_states(paths[-1], budget=250)
+        assert [p.exists() for p in paths] == [False, False, True, True] and not other_model.exists()
+        conv = store.new_conversation("t")
+        p = store.state_path(conv, "a" * 64)
+        p.write_bytes(b"z")
+        store.delete(conv)  # a deleted conversation takes its state with it
+        assert not p.exists()
+    finally:
+        store.close()

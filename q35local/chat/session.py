@@ -136,6 +136,7 @@ class ChatSession:
         self.notes: list[str] = []  # damaged fields of the stored conversation, read as their defaults
         self._stop = threading.Event()
         self._streaming: Message | None = None  # the reply being generated
+        self._state_tried = conversation_id is None  # a stored conversation's saved state: once, lazily
         if conversation_id is not None:
             if store is None:
                 raise ValueError("conversation_id needs a store")
@@ -182,6 +183,29 @@ class ChatSession:
         reply = self._streaming
         if reply is not None and (reply.content or reply.thinking):
             self._save(reply)
+
+    def save_state(self) -> int:
+        """Keep the engine's state beside the stored conversation, so that after a restart its next
+        turn reads only what is new (bytes written; 0 for an unsaved conversation or no state)."""
+        identity = self.engine.info.identity
+        if self.store is None or self.conversation_id is None or not identity:
+            return 0
+        path = self.store.state_path(self.conversation_id, identity)
+        try:
+            n = self.engine.save_state(path)
+        except (OSError, EngineError):
+            return 0  # a cache: without it the next start reads the history again
+        if n:
+            self.store.prune_states(path)
+        return n
+
+    def _load_state(self) -> None:
+        self._state_tried = True
+        identity = self.engine.info.identity
+        if self.store is not None and self.conversation_id is not None and identity:
+            path = self.store.state_path(self.conversation_id, identity)
+            if path.is_file():
+                self.engine.load_state(path)
 
     # --- prompt ---
 
@@ -294,6 +318,8 @@ class ChatSession:
 
     def _generate(self) -> Iterator[Event]:
         stop = self._stop
+        if not self._state_tried:
+            self._load_state()
         self._load_history_images()
         try:
             prompt = self.render_prompt()

@@ -12,6 +12,7 @@ shows; a message row whose role is unknown is left out, with a note.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -28,8 +29,10 @@ from typing import Any, TypedDict, cast, get_type_hints
 from q35local.base.errors import InputError
 from q35local.base.files import regular_file
 from q35local.base.settings import data_dir
+from q35local.base.units import GiB
 
 SCHEMA_VERSION = 1
+STATE_BUDGET = 4 * GiB  # saved engine states, all conversations together (a cache: the oldest go)
 ROLES = ("system", "user", "assistant")
 
 
@@ -293,6 +296,36 @@ class Store:
     def delete(self, conv: int) -> None:
         with self._sql() as db:
             db.execute("DELETE FROM conversations WHERE id=?", (conv,))  # messages go by ON DELETE CASCADE
+        for p in self._states(conv):
+            p.unlink(missing_ok=True)
+
+    # --- the engine's state of a conversation, beside the database (`q35 chat --resume`) ---
+
+    def state_path(self, conv: int, identity: str) -> Path:
+        """Where the state of `conv` under a model (its engine's identity) is kept."""
+        return self.path.parent / "state" / f"{conv}-{identity[:24]}.q35state"
+
+    def _states(self, conv: int | None = None) -> list[Path]:
+        return sorted((self.path.parent / "state").glob(f"{'*' if conv is None else conv}-*.q35state"))
+
+    def prune_states(self, keep: Path, budget: int = STATE_BUDGET) -> None:
+        """After `keep` was written: its conversation's states of other models go, then the least
+        recently written ones until all of them fit in `budget` bytes."""
+        conv = keep.name.split("-", 1)[0]
+        for p in self._states(int(conv)) if conv.isdigit() else []:
+            if p != keep:
+                p.unlink(missing_ok=True)
+        files = []
+        for p in self._states():
+            with contextlib.suppress(OSError):
+                st = p.stat()
+                files.append((st.st_mtime, st.st_size, p))
+        total = sum(size for _, size, _ in files)
+        for _, size, p in sorted(files):  # oldest first
+            if total <= budget:
+                break
+            p.unlink(missing_ok=True)
+            total -= size
 
     def export_markdown(self, conv: int) -> str:
         """The conversation as Markdown: thinking folded in <details>, images as links."""

@@ -131,6 +131,7 @@ def run_chat(args: argparse.Namespace) -> int:
         code = launch(app)
         if not app.wait_idle(QUIT_GRACE_S):
             _exit_leaving_a_stuck_reply(code, args.verbose)
+        app.session.save_state()  # `q35 chat --resume ID` then reads only what is new
         return code
     finally:
         store.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import ctypes
+import hashlib
 import itertools
 import os
 import threading
@@ -22,11 +23,13 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import psutil
 from gguf import Keys
+from llama_cpp import __version__ as llama_cpp_version
 from llama_cpp import llama_cpp
 
+from q35local.base.files import write_atomically
 from q35local.base.prefetch import prefetch
 from q35local.engine.sampling import Sampling
-from q35local.engine.snapshots import DEFAULT_BUDGET, Snapshots, boundaries
+from q35local.engine.snapshots import DEFAULT_BUDGET, Snapshots, boundaries, decode_state, encode_state
 from q35local.engine.vision import Part, Vision
 
 DEFAULT_SAMPLING = Sampling()
@@ -46,6 +49,7 @@ class EngineInfo:
     layout: str  # one line: where layers and experts sit, e.g. "CPU only" or "GPU 40/40, experts 0-23 in RAM"
     chat_template: str | None  # the GGUF's tokenizer.chat_template (untrusted: render it sandboxed)
     image_budget: tuple[int, int] = (256 * 256, 1024 * 1024)  # (min_pixels, max_pixels) for the projector
+    identity: str = ""  # what a saved state is valid for (these files, this llama.cpp); "" saves none
 
 
 @dataclass
@@ -67,6 +71,16 @@ class GenStats:
     @property
     def decode_tps(self) -> float:
         return self.completion_tokens / self.decode_s if self.decode_s > 0 else 0.0
+
+
+def _identity(model: Path, mmproj: Path | None) -> str:
+    """What a saved state is only valid for: these files (by path, size and time) and this llama.cpp."""
+    parts = [f"llama-cpp-python {llama_cpp_version}"]
+    for p in (model, mmproj):
+        if p is not None:
+            st = p.stat()
+            parts.append(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
 class EngineError(Exception):
@@ -93,6 +107,15 @@ class Engine(Protocol):
         Yields text pieces (valid UTF-8, never a split character). Ends at end of turn, max_tokens,
         or when `stop` is set (then last_stats.stopped is True), or at the next token once the reader
         closes the generator. Raises EngineError."""
+        ...
+
+    def save_state(self, path: Path) -> int:
+        """Write what the context holds to `path` (atomically); the bytes written (0: nothing held)."""
+        ...
+
+    def load_state(self, path: Path) -> bool:
+        """Take the context from a file save_state wrote with this model and build; False (nothing
+        changed) when there is none, or it is damaged or another model's."""
         ...
 
     def close(self) -> None: ...
@@ -197,6 +220,7 @@ class LlamaEngine:
             has_vision=self.vision is not None,
             layout=layout,
             chat_template=self._meta(Keys.Tokenizer.CHAT_TEMPLATE),
+            identity=_identity(Path(model_path), mmproj),
         )
 
     @property
@@ -278,6 +302,41 @@ class LlamaEngine:
         buf = (ctypes.c_uint8 * size)()
         if llama_cpp.llama_state_seq_get_data_ext(self.ctx, buf, size, 0, flags) == size:
             self.snapshots.add(self.tokens, bytes(buf))
+
+    def save_state(self, path: Path) -> int:
+        return self._thread().submit(self._save_state, path).result()
+
+    def _save_state(self, path: Path) -> int:
+        if not self.tokens:
+            return 0
+        size = llama_cpp.llama_state_seq_get_size_ext(self.ctx, 0, 0)
+        buf = (ctypes.c_uint8 * size)()
+        if llama_cpp.llama_state_seq_get_data_ext(self.ctx, buf, size, 0, 0) != size:
+            raise EngineError("llama.cpp could not copy the context's state")
+        data = encode_state(self.info.identity, self.tokens, bytes(buf), self.snapshots.all())
+        write_atomically(path, data)
+        return len(data)
+
+    def load_state(self, path: Path) -> bool:
+        return self._thread().submit(self._load_state, path).result()
+
+    def _load_state(self, path: Path) -> bool:
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return False
+        saved = decode_state(data, self.info.identity)
+        if saved is None or len(saved.tokens) >= self.n_ctx:
+            return False
+        self._clear()
+        buf = (ctypes.c_uint8 * len(saved.full)).from_buffer_copy(saved.full)
+        if llama_cpp.llama_state_seq_set_data_ext(self.ctx, buf, len(buf), 0, 0) != len(buf):
+            self._clear()  # (llama.cpp refused it: a state of another context size or layout)
+            return False
+        self.tokens = list(saved.tokens)
+        for s in saved.snapshots:
+            self.snapshots.add(s.tokens, s.data)
+        return True
 
     def _restore(self, toks: list[int]) -> int:
         """Bring the context to the longest snapshot that is a prefix of `toks`; the number of tokens

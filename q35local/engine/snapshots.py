@@ -11,6 +11,7 @@ engine (engine/llama.py) takes and restores them.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -69,6 +70,9 @@ class Snapshots:
     def clear(self) -> None:
         self._items = []
 
+    def all(self) -> tuple[Snapshot, ...]:
+        return tuple(self._items)
+
 
 def boundaries(tokens: Sequence[int], start: int, end_of_message: int, newline: int | None) -> list[int]:
     """Where to snapshot while `tokens[start:]` is evaluated: just after each end-of-message token
@@ -83,3 +87,58 @@ def boundaries(tokens: Sequence[int], start: int, end_of_message: int, newline: 
             if start < j < len(tokens):
                 cuts.append(j)
     return cuts
+
+
+# --- a sequence's state on disk (`q35 chat --resume`: the first turn after a restart reads only
+# what is new). One file: a magic line, a JSON header line, then the full state (attention KV and
+# recurrent state after `tokens`) and each snapshot's bytes. It is a cache: a file that is damaged,
+# or made for another model or llama.cpp, is ignored (the history is read again), never an error.
+
+MAGIC = b"Q35STATE 1\n"
+MAX_HEADER = 64 << 20  # the header holds the tokens (a 1M-token context is ~8 MB of JSON)
+
+
+@dataclass(frozen=True)
+class SavedState:
+    tokens: tuple[int, ...]  # what the full state is the state after
+    full: bytes  # llama_state_seq_get_data_ext(..., flags 0): attention KV and recurrent state
+    snapshots: tuple[Snapshot, ...]  # prefixes of `tokens`
+
+
+def encode_state(identity: str, tokens: Sequence[int], full: bytes, snapshots: Sequence[Snapshot]) -> bytes:
+    assert all(is_prefix(s.tokens, tokens) for s in snapshots)
+    header = {
+        "identity": identity,
+        "tokens": list(tokens),
+        "full": len(full),
+        "snapshots": [[len(s.tokens), len(s.data)] for s in snapshots],
+    }
+    return b"".join([MAGIC, json.dumps(header).encode(), b"\n", full, *(s.data for s in snapshots)])
+
+
+def decode_state(data: bytes, identity: str) -> SavedState | None:
+    """The state in `data` if it is whole and was made for `identity`; None otherwise."""
+    if not data.startswith(MAGIC):
+        return None
+    end = data.find(b"\n", len(MAGIC), len(MAGIC) + MAX_HEADER)
+    if end < 0:
+        return None
+    try:
+        h = json.loads(data[len(MAGIC) : end])
+        tokens = tuple(int(t) for t in h["tokens"])
+        sizes = [(int(n), int(b)) for n, b in h["snapshots"]]
+        full_len = int(h["full"])
+        ok = h["identity"] == identity
+    except (ValueError, TypeError, KeyError, RecursionError):
+        return None
+    body = memoryview(data)[end + 1 :]
+    if not ok or full_len < 0 or any(not 0 < n <= len(tokens) or b < 0 for n, b in sizes):
+        return None
+    if len(body) != full_len + sum(b for _, b in sizes):
+        return None  # cut short, or something appended
+    full, at = bytes(body[:full_len]), full_len
+    snaps = []
+    for n, b in sizes:
+        snaps.append(Snapshot(tokens[:n], bytes(body[at : at + b])))
+        at += b
+    return SavedState(tokens, full, tuple(snaps))

@@ -640,6 +640,7 @@ class ChatApp(App[int]):
 
     async def open_conversation(self, conversation_id: int | None) -> None:
         """Switch the session (and the transcript) to a stored conversation, or to a new one."""
+        await asyncio.to_thread(self.session.save_state)  # the one left is read fast when reopened
         try:
             session = self._new_session(conversation_id)
         except InputError as e:
