@@ -49,6 +49,7 @@ bench: setup
 	$(BIN)/python -m bench.dryrun
 	$(BIN)/python -m bench.runtime
 	$(BIN)/python -m bench.followup
+	$(BIN)/python -m bench.serve
 	$(BIN)/python -m bench.cpubuild
 	$(BIN)/python -m bench.checks
 
