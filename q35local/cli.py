@@ -69,11 +69,14 @@ def main(argv: list[str] | None = None) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit's flush
         return 141  # what a shell reports for a command ended by SIGPIPE
     except KeyboardInterrupt:
-        print(
-            "q35: interrupted; nothing was written under the output's name "
-            "(q35 quantize: run the same command with --resume to continue)",
-            file=sys.stderr,
-        )
+        if args.command == "quantize":
+            print(
+                "q35: interrupted; nothing was written under the output's name "
+                "(run the same command with --resume to continue)",
+                file=sys.stderr,
+            )
+        else:
+            print("q35: interrupted", file=sys.stderr)
         return 130
 
 

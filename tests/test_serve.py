@@ -361,3 +361,34 @@ def test_a_body_over_the_limit_is_refused_from_its_header(server: str) -> None:
     head, _, body = got.decode(errors="replace").partition("\r\n\r\n")
     assert head.startswith("HTTP/1.1 413"), head
     assert "at most 100 MB" in json.loads(body)["error"]["message"]
+
+
+def test_ctrl_c_stops_the_server_cleanly(tiny: Path, tmp_path: Path) -> None:
+    """SIGINT, as ctrl+c sends it to the whole process group: one line, exit 0, no traceback (the log
+    reader child ignores it and ends with its pipe)."""
+    import signal
+
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "q35local.cli", "serve", str(tiny), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, so that the signal reaches only it and its child
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline
+                time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "q35 serve: stopped"

@@ -85,6 +85,9 @@ def run_serve(args: argparse.Namespace) -> int:
         server = uvicorn.Server(config)
         try:
             server.run()
+        except KeyboardInterrupt:  # uvicorn has shut down cleanly, then passes the signal on
+            print("q35 serve: stopped", file=sys.stderr)
+            return 0
         except OSError as e:  # the port is taken, or the address is not this machine's
             raise InputError(
                 None, f"--host {args.host} --port {args.port}: cannot listen ({e.strerror or e})"

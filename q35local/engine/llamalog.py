@@ -50,7 +50,8 @@ _route: _Route | None = None
 # without --verbose: the process is about to die and they say why. Errors llama.cpp merely logs are
 # reported by the caller as one line of its own.
 _READER = r"""
-import re, sys
+import re, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # ctrl+c is the parent's to handle; this ends at EOF
 fatal = re.compile(rb"GGML_ASSERT|GGML_ABORT|ggml_abort|terminate called")
 echo = sys.argv[2] == "1"
 with open(sys.argv[1], "ab", buffering=0) as log:
