@@ -64,8 +64,9 @@ def test_planned_memory_matches_llama_cpp(request: pytest.FixtureRequest, which:
 def test_conversation_snapshots_are_planned_per_sequence_within_their_cap() -> None:
     for name in ("Qwen3.5-0.8B", "Qwen3.5-397B-A17B"):
         m = official_profile(name, "Q4_K_M")
-        one = plan(m, PROFILES["cpu-desktop-64"], Settings(n_seq=1)).devices[-1]
-        four = plan(m, PROFILES["cpu-desktop-64"], Settings(n_seq=4)).devices[-1]
+        hw = PROFILES["mac-studio-m3-ultra-512"]
+        one = plan(m, hw, Settings(n_seq=1)).devices[-1]
+        four = plan(m, hw, Settings(n_seq=4)).devices[-1]
         assert 0 < one.snapshots <= SNAPSHOT_CAP and four.snapshots == 4 * one.snapshots
         assert one.planned_bytes - one.snapshots == (
             one.weights + one.kv + one.recurrent + one.compute + one.mmproj

@@ -16,7 +16,7 @@ from q35local.engine.llama import LlamaEngine
 from q35local.machine.hardware import resolve_hardware
 from q35local.machine.probe import probe
 from q35local.model.profile import ModelProfile, from_gguf
-from q35local.planning.planner import Plan, Settings, plan, snapshot_budget
+from q35local.planning.planner import Plan, Settings, plan
 
 
 def layout_line(p: Plan) -> str:
@@ -91,5 +91,5 @@ def open_engine(
         layout=layout_line(p),
         n_threads=threads,
         profile=profile,
-        snapshot_budget=snapshot_budget(profile),
+        snapshot_budget=p.devices[-1].snapshots // p.settings.n_seq,  # the plan's share of RAM
     )

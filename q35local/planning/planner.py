@@ -141,7 +141,11 @@ def _gpu_capacity(hw: Hardware, d: Device, s: Settings) -> int:
 
 
 def plan(m: ModelProfile, hw: Hardware, s: Settings) -> Plan:
-    """The best layout, or the reasons nothing fits."""
+    """The best layout, or the reasons nothing fits; then the conversation snapshots' share."""
+    return _with_snapshots(_layout(m, hw, s), m, hw)
+
+
+def _layout(m: ModelProfile, hw: Hardware, s: Settings) -> Plan:
     if not hw.devices:
         return _plan_cpu(m, hw, s)
     best: Plan | None = None
@@ -156,16 +160,24 @@ def plan(m: ModelProfile, hw: Hardware, s: Settings) -> Plan:
     return best
 
 
+def _with_snapshots(p: Plan, m: ModelProfile, hw: Hardware) -> Plan:
+    """Snapshots are a cache: they take the RAM the layout leaves, up to their budget, and never
+    change the layout (nor whether it fits)."""
+    if p.fits:
+        left = hw.usable_ram() - ram_need(p, hw)
+        p.devices[-1].snapshots = max(0, min(snapshot_budget(m) * p.settings.n_seq, left))
+    return p
+
+
 def snapshot_budget(m: ModelProfile) -> int:
-    """Bytes of recurrent-state snapshots one sequence keeps: SNAPSHOTS of them (each the size of the
-    sequence's DeltaNet state: it does not grow with the context), at most SNAPSHOT_CAP."""
+    """Bytes of recurrent-state snapshots one sequence would keep: SNAPSHOTS of them (each the size
+    of the sequence's DeltaNet state: it does not grow with the context), at most SNAPSHOT_CAP; the
+    plan gives them less where RAM is short."""
     return min(SNAPSHOT_CAP, SNAPSHOTS * m.recurrent_bytes(1))
 
 
 def _host(hw: Hardware, m: ModelProfile, s: Settings) -> DevicePlan:
-    host = DevicePlan("RAM", "cpu", hw.ram_total, hw.usable_ram())
-    host.snapshots = snapshot_budget(m) * s.n_seq
-    return host
+    return DevicePlan("RAM", "cpu", hw.ram_total, hw.usable_ram())
 
 
 def _plan_cpu(m: ModelProfile, hw: Hardware, s: Settings) -> Plan:
